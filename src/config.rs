@@ -1,0 +1,476 @@
+//! Configuration: reads the environment into one typed, validated [`Config`].
+//!
+//! Every value is checked here, before any connection is made. A bad value becomes a
+//! [`ConfigError`] whose one-line message names the variable, the value and the accepted form;
+//! the binary prints it and exits with code 2. Settings passed through to librdkafka
+//! (`KAFKA_CFG_<NAME>`) are checked by librdkafka's own configuration parser, which validates
+//! names and values without connecting.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use tonic::Code;
+
+use crate::handler::classify::{DEFAULT_PAUSE_CODES, code_name, parse_code};
+
+/// Prefix of the environment variables passed through to librdkafka.
+pub const KAFKA_CFG_PREFIX: &str = "KAFKA_CFG_";
+
+/// librdkafka properties that kafka-scc sets itself, because its delivery guarantee depends on
+/// them; setting one through `KAFKA_CFG_*` is rejected.
+const MANAGED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "KAFKA_BROKERS"),
+    ("group.id", "KAFKA_GROUP_ID"),
+    ("enable.auto.commit", "nothing: kafka-scc commits itself"),
+    ("enable.auto.offset.store", "nothing: kafka-scc stores offsets itself"),
+];
+
+/// The order in which messages of one partition may be handled concurrently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessingOrder {
+    /// Messages with the same key in the same partition run one at a time, in offset order;
+    /// null-key messages of a partition are ordered among themselves.
+    Key,
+    /// One message at a time per partition.
+    Partition,
+    /// Any message may run concurrently with any other; commits are still in offset order.
+    Unordered,
+}
+
+impl ProcessingOrder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessingOrder::Key => "key",
+            ProcessingOrder::Partition => "partition",
+            ProcessingOrder::Unordered => "unordered",
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated configuration of one kafka-scc process.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `KAFKA_BROKERS`: bootstrap servers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// `KAFKA_GROUP_ID`: the consumer group.
+    pub group_id: String,
+    /// `KAFKA_TOPIC`: topics to subscribe to (a comma list); at least one.
+    pub topics: Vec<String>,
+    /// `HANDLER_ENDPOINT`: the handler's gRPC address, `http://host:port`.
+    pub handler_endpoint: String,
+    /// `SCC_MAX_IN_FLIGHT`: handler calls open at once, 1 to 10,000.
+    pub max_in_flight: usize,
+    /// `SCC_PROCESSING_ORDER`: which messages may run concurrently.
+    pub processing_order: ProcessingOrder,
+    /// `SCC_PAUSE_CODES`: gRPC codes that close the gate and are retried.
+    pub pause_codes: HashSet<Code>,
+    /// `SCC_BACKOFF_BASE_MS`: the first retry's maximum delay.
+    pub backoff_base: Duration,
+    /// `SCC_BACKOFF_MAX_MS`: the cap on any retry delay; at least the base.
+    pub backoff_max: Duration,
+    /// `SCC_HANDLER_TIMEOUT_MS`: kafka-scc's own deadline for one handler call.
+    pub handler_timeout: Duration,
+    /// `SCC_SHUTDOWN_TIMEOUT_MS`: the bound on the whole shutdown, from signal to exit.
+    pub shutdown_timeout: Duration,
+    /// `SCC_COMMIT_INTERVAL_MS`: how often finished offsets are committed.
+    pub commit_interval: Duration,
+    /// `SCC_REVOKE_TIMEOUT_MS`: how long a revocation waits for the revoked partitions'
+    /// in-flight calls before it commits what is finished.
+    pub revoke_timeout: Duration,
+    /// `SCC_PARTITION_BUFFER`: fetched messages held per partition ahead of dispatch; a
+    /// partition whose buffer is full is paused until it drains to half.
+    pub partition_buffer: usize,
+    /// `SCC_LOG_FORMAT`: `text` or `json`.
+    pub log_format: LogFormat,
+    /// `KAFKA_CFG_<NAME>`: extra librdkafka properties, by librdkafka name.
+    pub kafka_properties: BTreeMap<String, String>,
+}
+
+/// An invalid configuration value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {variable}={value:?}: {expected}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub variable: String,
+    /// The rejected value, or `[redacted]` for a secret.
+    pub value: String,
+    /// The accepted form, or why the value was rejected.
+    pub expected: String,
+}
+
+impl ConfigError {
+    fn new(variable: &str, value: &str, expected: impl Into<String>) -> Self {
+        let value = if is_secret_name(variable) { "[redacted]" } else { value };
+        ConfigError {
+            variable: variable.to_owned(),
+            value: value.to_owned(),
+            expected: expected.into(),
+        }
+    }
+}
+
+/// Returns true for setting names whose values must never be printed: passwords, secrets and
+/// private keys.
+pub fn is_secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "secret", "private.key", "private_key", "ssl.key.pem", "ssl_key_pem"]
+        .iter()
+        .any(|word| name.contains(word))
+        || name.ends_with("sasl.oauthbearer.config")
+        || name.ends_with("sasl_oauthbearer_config")
+}
+
+impl Config {
+    /// Reads and validates the configuration from the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_vars(std::env::vars())
+    }
+
+    /// Reads and validates the configuration from `(name, value)` pairs; unrelated names are
+    /// ignored.
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars: BTreeMap<String, String> =
+            vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let env = Env(&vars);
+
+        let brokers = env.string("KAFKA_BROKERS", "localhost:9094")?;
+        if brokers.trim().is_empty() {
+            return Err(ConfigError::new("KAFKA_BROKERS", &brokers, "expected host:port[,host:port...]"));
+        }
+        let group_id = env.string("KAFKA_GROUP_ID", "event-processor-group")?;
+        if group_id.trim().is_empty() {
+            return Err(ConfigError::new("KAFKA_GROUP_ID", &group_id, "expected a non-empty group id"));
+        }
+        let topics = parse_topics(&env)?;
+        let handler_endpoint = parse_endpoint(&env)?;
+
+        let max_in_flight = env.integer("SCC_MAX_IN_FLIGHT", 100, 1, 10_000)? as usize;
+        let processing_order = parse_processing_order(&env)?;
+        let pause_codes = parse_pause_codes(&env)?;
+
+        let backoff_base = env.millis("SCC_BACKOFF_BASE_MS", 500, 1, 3_600_000)?;
+        let backoff_max = env.millis("SCC_BACKOFF_MAX_MS", 10_000, 1, 3_600_000)?;
+        if backoff_max < backoff_base {
+            let value = env.get("SCC_BACKOFF_MAX_MS").unwrap_or("10000");
+            return Err(ConfigError::new(
+                "SCC_BACKOFF_MAX_MS",
+                value,
+                format!("expected a value no smaller than SCC_BACKOFF_BASE_MS ({} ms)", backoff_base.as_millis()),
+            ));
+        }
+        let handler_timeout = env.millis("SCC_HANDLER_TIMEOUT_MS", 30_000, 1, 3_600_000)?;
+        let shutdown_timeout = env.millis("SCC_SHUTDOWN_TIMEOUT_MS", 25_000, 100, 3_600_000)?;
+        let commit_interval = env.millis("SCC_COMMIT_INTERVAL_MS", 500, 1, 600_000)?;
+        let revoke_timeout = env.millis("SCC_REVOKE_TIMEOUT_MS", 10_000, 0, 3_600_000)?;
+        let partition_buffer = env.integer("SCC_PARTITION_BUFFER", 1_000, 1, 1_000_000)? as usize;
+        let log_format = match env.get("SCC_LOG_FORMAT").unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(ConfigError::new("SCC_LOG_FORMAT", other, "expected text or json")),
+        };
+        let kafka_properties = parse_kafka_properties(&vars)?;
+
+        Ok(Config {
+            brokers,
+            group_id,
+            topics,
+            handler_endpoint,
+            max_in_flight,
+            processing_order,
+            pause_codes,
+            backoff_base,
+            backoff_max,
+            handler_timeout,
+            shutdown_timeout,
+            commit_interval,
+            revoke_timeout,
+            partition_buffer,
+            log_format,
+            kafka_properties,
+        })
+    }
+
+    /// Builds the librdkafka configuration of the consumer: kafka-scc's own settings first,
+    /// then the `KAFKA_CFG_*` properties, which may override everything except the managed ones.
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        for (name, value) in &self.kafka_properties {
+            config.set(name, value);
+        }
+        config
+    }
+
+    /// Formats the effective configuration on one line for the start-up log, with secret
+    /// values replaced by `[redacted]`.
+    pub fn summary(&self) -> String {
+        let codes: Vec<&str> = {
+            let mut codes: Vec<&str> = self.pause_codes.iter().map(|code| code_name(*code)).collect();
+            codes.sort_unstable();
+            codes
+        };
+        let mut line = format!(
+            "brokers={} group_id={} topics={} handler={} max_in_flight={} order={} pause_codes={} \
+             backoff_base_ms={} backoff_max_ms={} handler_timeout_ms={} shutdown_timeout_ms={} \
+             commit_interval_ms={} revoke_timeout_ms={} partition_buffer={}",
+            self.brokers,
+            self.group_id,
+            self.topics.join(","),
+            self.handler_endpoint,
+            self.max_in_flight,
+            self.processing_order.as_str(),
+            codes.join(","),
+            self.backoff_base.as_millis(),
+            self.backoff_max.as_millis(),
+            self.handler_timeout.as_millis(),
+            self.shutdown_timeout.as_millis(),
+            self.commit_interval.as_millis(),
+            self.revoke_timeout.as_millis(),
+            self.partition_buffer,
+        );
+        for (name, value) in &self.kafka_properties {
+            let shown = if is_secret_name(name) { "[redacted]" } else { value.as_str() };
+            line.push_str(&format!(" {name}={shown}"));
+        }
+        line
+    }
+}
+
+/// A view of the variables with typed getters that produce [`ConfigError`]s.
+struct Env<'a>(&'a BTreeMap<String, String>);
+
+impl Env<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    fn string(&self, name: &str, default: &str) -> Result<String, ConfigError> {
+        Ok(self.get(name).unwrap_or(default).to_owned())
+    }
+
+    fn integer(&self, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(default);
+        };
+        match raw.trim().parse::<u64>() {
+            Ok(value) if (min..=max).contains(&value) => Ok(value),
+            _ => Err(ConfigError::new(name, raw, format!("expected a whole number from {min} to {max}"))),
+        }
+    }
+
+    fn millis(&self, name: &str, default: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+        let Some(raw) = self.get(name) else {
+            return Ok(Duration::from_millis(default));
+        };
+        match raw.trim().parse::<u64>() {
+            Ok(value) if (min..=max).contains(&value) => Ok(Duration::from_millis(value)),
+            _ => Err(ConfigError::new(
+                name,
+                raw,
+                format!("expected a whole number of milliseconds from {min} to {max}"),
+            )),
+        }
+    }
+}
+
+fn parse_topics(env: &Env<'_>) -> Result<Vec<String>, ConfigError> {
+    let Some(raw) = env.get("KAFKA_TOPIC") else {
+        return Err(ConfigError::new("KAFKA_TOPIC", "", "missing: expected a topic name or a comma list of topic names"));
+    };
+    let topics: Vec<String> = raw.split(',').map(|topic| topic.trim().to_owned()).collect();
+    let valid = |topic: &String| {
+        !topic.is_empty()
+            && topic.len() <= 249
+            && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    };
+    if topics.iter().all(valid) {
+        Ok(topics)
+    } else {
+        Err(ConfigError::new(
+            "KAFKA_TOPIC",
+            raw,
+            "expected a comma list of topic names made of ASCII letters, digits, '.', '_' and '-' (1 to 249 characters each)",
+        ))
+    }
+}
+
+fn parse_endpoint(env: &Env<'_>) -> Result<String, ConfigError> {
+    let raw = env.string("HANDLER_ENDPOINT", "http://127.0.0.1:50051")?;
+    let expected = "expected an http:// URI with a host and a port, such as http://127.0.0.1:50051";
+    let uri: tonic::transport::Uri = raw.parse().map_err(|_| ConfigError::new("HANDLER_ENDPOINT", &raw, expected))?;
+    // NOTE: TLS (https://) and Unix domain sockets are not supported yet.
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(ConfigError::new("HANDLER_ENDPOINT", &raw, expected));
+    }
+    Ok(raw)
+}
+
+fn parse_processing_order(env: &Env<'_>) -> Result<ProcessingOrder, ConfigError> {
+    match env.get("SCC_PROCESSING_ORDER").unwrap_or("key") {
+        "key" => Ok(ProcessingOrder::Key),
+        "partition" => Ok(ProcessingOrder::Partition),
+        "unordered" => Ok(ProcessingOrder::Unordered),
+        other => Err(ConfigError::new("SCC_PROCESSING_ORDER", other, "expected key, partition or unordered")),
+    }
+}
+
+fn parse_pause_codes(env: &Env<'_>) -> Result<HashSet<Code>, ConfigError> {
+    let Some(raw) = env.get("SCC_PAUSE_CODES") else {
+        return Ok(DEFAULT_PAUSE_CODES.iter().copied().collect());
+    };
+    let expected = "expected a comma list of gRPC code names other than OK, such as UNAVAILABLE,DEADLINE_EXCEEDED";
+    let mut codes = HashSet::new();
+    for name in raw.split(',').map(str::trim) {
+        match parse_code(name) {
+            Some(code) if code != Code::Ok => {
+                codes.insert(code);
+            }
+            _ => return Err(ConfigError::new("SCC_PAUSE_CODES", raw, expected)),
+        }
+    }
+    Ok(codes)
+}
+
+fn parse_kafka_properties(vars: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut properties = BTreeMap::new();
+    for (variable, value) in vars {
+        let Some(suffix) = variable.strip_prefix(KAFKA_CFG_PREFIX) else {
+            continue;
+        };
+        let name = suffix.to_ascii_lowercase().replace('_', ".");
+        if let Some((_, owner)) = MANAGED_KAFKA_PROPERTIES.iter().find(|(managed, _)| *managed == name) {
+            return Err(ConfigError::new(
+                variable,
+                value,
+                format!("{name} is managed by kafka-scc and cannot be set; set {owner}"),
+            ));
+        }
+
+        // librdkafka checks the name and the value when it is set, without connecting.
+        let mut probe = ClientConfig::new();
+        probe.set(&name, value);
+        if let Err(error) = probe.create_native_config() {
+            let reason = error.to_string();
+            let reason = if is_secret_name(&name) { reason.replace(value.as_str(), "[redacted]") } else { reason };
+            return Err(ConfigError::new(variable, value, format!("rejected by librdkafka as {name}: {reason}")));
+        }
+        properties.insert(name, value.clone());
+    }
+    Ok(properties)
+}
+
+impl fmt::Display for ProcessingOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut all = vec![("KAFKA_TOPIC", "events")];
+        all.extend_from_slice(vars);
+        Config::from_vars(all)
+    }
+
+    #[test]
+    fn defaults_match_documentation() {
+        let config = config(&[]).unwrap();
+        assert_eq!(config.brokers, "localhost:9094");
+        assert_eq!(config.group_id, "event-processor-group");
+        assert_eq!(config.topics, vec!["events"]);
+        assert_eq!(config.handler_endpoint, "http://127.0.0.1:50051");
+        assert_eq!(config.processing_order, ProcessingOrder::Key);
+        assert_eq!(config.backoff_base, Duration::from_millis(500));
+        assert_eq!(config.backoff_max, Duration::from_millis(10_000));
+        assert_eq!(config.pause_codes.len(), DEFAULT_PAUSE_CODES.len());
+    }
+
+    #[test]
+    fn missing_topic_names_the_variable() {
+        let error = Config::from_vars(Vec::<(String, String)>::new()).unwrap_err();
+        assert_eq!(error.variable, "KAFKA_TOPIC");
+        assert!(error.expected.starts_with("missing"));
+    }
+
+    #[test]
+    fn invalid_values_name_variable_value_and_form() {
+        let cases = [
+            ("SCC_MAX_IN_FLIGHT", "abc"),
+            ("SCC_MAX_IN_FLIGHT", "0"),
+            ("SCC_PROCESSING_ORDER", "random"),
+            ("SCC_PAUSE_CODES", "UNAVAILABLE,NOPE"),
+            ("SCC_PAUSE_CODES", "OK"),
+            ("SCC_BACKOFF_BASE_MS", "-5"),
+            ("SCC_HANDLER_TIMEOUT_MS", "1.5"),
+            ("SCC_LOG_FORMAT", "xml"),
+            ("HANDLER_ENDPOINT", "127.0.0.1:50051"),
+            ("KAFKA_TOPIC", "a,,b"),
+            ("KAFKA_CFG_SESSION_TIMEOUT_MS", "soon"),
+            ("KAFKA_CFG_NO_SUCH_PROPERTY", "1"),
+            ("KAFKA_CFG_ENABLE_AUTO_COMMIT", "true"),
+        ];
+        for (variable, value) in cases {
+            let error = config(&[(variable, value)]).unwrap_err();
+            assert_eq!(error.variable, variable, "{variable}={value}");
+            assert_eq!(error.value, value, "{variable}={value}");
+            let line = error.to_string();
+            assert!(!line.contains('\n'), "{line}");
+            assert!(line.contains(variable), "{line}");
+        }
+    }
+
+    #[test]
+    fn backoff_max_below_base_is_rejected() {
+        let error = config(&[("SCC_BACKOFF_BASE_MS", "2000"), ("SCC_BACKOFF_MAX_MS", "1000")]).unwrap_err();
+        assert_eq!(error.variable, "SCC_BACKOFF_MAX_MS");
+    }
+
+    #[test]
+    fn kafka_cfg_maps_to_librdkafka_names() {
+        let config = config(&[("KAFKA_CFG_SESSION_TIMEOUT_MS", "6000"), ("KAFKA_CFG_AUTO_OFFSET_RESET", "latest")]).unwrap();
+        assert_eq!(config.kafka_properties.get("session.timeout.ms").map(String::as_str), Some("6000"));
+        let consumer = config.consumer_config();
+        assert_eq!(consumer.get("auto.offset.reset"), Some("latest"));
+        assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let config = config(&[("KAFKA_CFG_SASL_PASSWORD", "hunter2"), ("KAFKA_CFG_SASL_USERNAME", "alice")]).unwrap();
+        let summary = config.summary();
+        assert!(!summary.contains("hunter2"), "{summary}");
+        assert!(summary.contains("sasl.password=[redacted]"), "{summary}");
+        assert!(summary.contains("sasl.username=alice"), "{summary}");
+    }
+
+    #[test]
+    fn pause_codes_accept_names_in_any_case() {
+        let config = config(&[("SCC_PAUSE_CODES", "unavailable, Internal")]).unwrap();
+        assert!(config.pause_codes.contains(&Code::Unavailable));
+        assert!(config.pause_codes.contains(&Code::Internal));
+        assert_eq!(config.pause_codes.len(), 2);
+    }
+}

@@ -1,0 +1,188 @@
+//! The pause predicate: the one place that decides whether a failed handler call is
+//! pause-eligible or non-pausing.
+//!
+//! Rules, in order:
+//! 1. kafka-scc's own deadline expired: pause-eligible.
+//! 2. No answer came from the handler (connection refused or reset, HTTP/2 error): pause-eligible,
+//!    whatever code the client library reports for it. tonic reports some of these as `Unknown`
+//!    or `Cancelled`; it marks every status it builds from a local error by attaching that error
+//!    as the status's `source`, while a status decoded from the handler's response has none.
+//! 3. The handler answered with a code in the configured pause set: pause-eligible.
+//! 4. Any other code: non-pausing.
+
+use std::collections::HashSet;
+use std::error::Error as _;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+use super::{Disposition, HandlerError};
+
+/// The default pause-eligible codes. The last three mean the handler cannot take any message,
+/// and committing the stream unread would lose it.
+pub const DEFAULT_PAUSE_CODES: &[Code] = &[
+    Code::Unavailable,
+    Code::DeadlineExceeded,
+    Code::ResourceExhausted,
+    Code::Aborted,
+    Code::Unimplemented,
+    Code::Unauthenticated,
+    Code::PermissionDenied,
+];
+
+const ALL_CODES: &[Code] = &[
+    Code::Ok,
+    Code::Cancelled,
+    Code::Unknown,
+    Code::InvalidArgument,
+    Code::DeadlineExceeded,
+    Code::NotFound,
+    Code::AlreadyExists,
+    Code::PermissionDenied,
+    Code::ResourceExhausted,
+    Code::FailedPrecondition,
+    Code::Aborted,
+    Code::OutOfRange,
+    Code::Unimplemented,
+    Code::Internal,
+    Code::Unavailable,
+    Code::DataLoss,
+    Code::Unauthenticated,
+];
+
+/// How a handler call failed, before classification.
+#[derive(Debug)]
+pub enum CallFailure {
+    /// kafka-scc's own deadline (`SCC_HANDLER_TIMEOUT_MS`) expired.
+    Timeout(Duration),
+    /// The call ended with a status, from the handler or from the client library.
+    Status(Status),
+}
+
+/// Classifies a failed call; see the module documentation for the rules.
+pub fn classify(failure: &CallFailure, pause_codes: &HashSet<Code>) -> HandlerError {
+    match failure {
+        CallFailure::Timeout(limit) => HandlerError::pause_eligible(
+            Some(Code::DeadlineExceeded),
+            format!("no answer within {} ms", limit.as_millis()),
+        ),
+        CallFailure::Status(status) if is_transport_failure(status) => {
+            let mut message = status.message().to_owned();
+            if let Some(source) = status.source() {
+                message = format!("{message}: {}", error_chain(source));
+            }
+            HandlerError { disposition: Disposition::PauseEligible, code: Some(status.code()), message }
+        }
+        CallFailure::Status(status) => {
+            let disposition = if pause_codes.contains(&status.code()) {
+                Disposition::PauseEligible
+            } else {
+                Disposition::NonPausing
+            };
+            HandlerError { disposition, code: Some(status.code()), message: status.message().to_owned() }
+        }
+    }
+}
+
+/// Returns true when tonic built the status from a local transport error instead of decoding
+/// it from the handler's response.
+fn is_transport_failure(status: &Status) -> bool {
+    status.source().is_some()
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    while let Some(cause) = current {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        current = cause.source();
+    }
+    text
+}
+
+/// The canonical upper-case name of a code, as in the gRPC specification.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Parses a code name, ignoring case.
+pub fn parse_code(name: &str) -> Option<Code> {
+    ALL_CODES.iter().copied().find(|code| code_name(*code).eq_ignore_ascii_case(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> HashSet<Code> {
+        DEFAULT_PAUSE_CODES.iter().copied().collect()
+    }
+
+    #[test]
+    fn handler_codes_follow_pause_set() {
+        for code in ALL_CODES.iter().copied().filter(|code| *code != Code::Ok) {
+            let error = classify(&CallFailure::Status(Status::new(code, "x")), &defaults());
+            let expected = if DEFAULT_PAUSE_CODES.contains(&code) {
+                Disposition::PauseEligible
+            } else {
+                Disposition::NonPausing
+            };
+            assert_eq!(error.disposition, expected, "{}", code_name(code));
+            assert_eq!(error.code, Some(code));
+        }
+    }
+
+    #[test]
+    fn own_timeout_is_pause_eligible() {
+        let error = classify(&CallFailure::Timeout(Duration::from_millis(250)), &HashSet::new());
+        assert!(error.is_pause_eligible());
+        assert!(error.message.contains("250 ms"), "{}", error.message);
+    }
+
+    #[test]
+    fn transport_error_is_pause_eligible_whatever_code() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset by peer");
+        let status = Status::from_error(Box::new(io));
+        assert_eq!(status.code(), Code::Unknown);
+        let error = classify(&CallFailure::Status(status), &HashSet::new());
+        assert!(error.is_pause_eligible());
+        assert!(error.message.contains("connection reset"), "{}", error.message);
+    }
+
+    #[test]
+    fn custom_pause_set_replaces_defaults() {
+        let codes: HashSet<Code> = [Code::Internal].into_iter().collect();
+        let internal = classify(&CallFailure::Status(Status::internal("boom")), &codes);
+        let unavailable = classify(&CallFailure::Status(Status::unavailable("down")), &codes);
+        assert!(internal.is_pause_eligible());
+        assert!(!unavailable.is_pause_eligible());
+    }
+
+    #[test]
+    fn code_names_round_trip() {
+        for code in ALL_CODES {
+            assert_eq!(parse_code(code_name(*code)), Some(*code));
+        }
+        assert_eq!(parse_code("deadline_exceeded"), Some(Code::DeadlineExceeded));
+        assert_eq!(parse_code("NOPE"), None);
+    }
+}

@@ -1,0 +1,104 @@
+//! The gRPC implementation of [`Handler`]: one `MessageHandler.Handle` call per message over a
+//! shared HTTP/2 channel.
+//!
+//! The channel connects lazily and reconnects by itself, so a handler that starts after
+//! kafka-scc, or restarts, is picked up without restarting the sidecar; until then every call
+//! fails as a transport error, which is pause-eligible.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use super::classify::{CallFailure, classify};
+use super::{Handler, HandlerError};
+use crate::message::{Message, TimestampType, traceparent_for};
+use crate::proto::message_handler_client::MessageHandlerClient;
+use crate::proto::{self, HandleRequest};
+
+/// Calls a remote `MessageHandler` service.
+#[derive(Clone, Debug)]
+pub struct GrpcHandler {
+    client: MessageHandlerClient<Channel>,
+    group_id: String,
+    timeout: Duration,
+    pause_codes: HashSet<Code>,
+}
+
+impl GrpcHandler {
+    /// Creates a handler client for `endpoint` (`http://host:port`) without connecting yet.
+    ///
+    /// `timeout` is kafka-scc's own deadline for each call; it is also sent to the handler as
+    /// the gRPC deadline. `pause_codes` are the handler codes that close the gate.
+    pub fn connect_lazy(
+        endpoint: &str,
+        group_id: impl Into<String>,
+        timeout: Duration,
+        pause_codes: HashSet<Code>,
+    ) -> Result<GrpcHandler, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(endpoint.to_owned())?
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        Ok(GrpcHandler {
+            client: MessageHandlerClient::new(channel),
+            group_id: group_id.into(),
+            timeout,
+            pause_codes,
+        })
+    }
+
+    fn request(&self, message: &Message, attempt: u32) -> tonic::Request<HandleRequest> {
+        let timestamp_type = match message.timestamp_type {
+            TimestampType::NotAvailable => proto::TimestampType::Unspecified,
+            TimestampType::CreateTime => proto::TimestampType::CreateTime,
+            TimestampType::LogAppendTime => proto::TimestampType::LogAppendTime,
+        };
+        let body = HandleRequest {
+            topic: message.topic.to_string(),
+            partition: message.partition,
+            offset: message.offset,
+            key: message.key.clone(),
+            value: message.value.clone(),
+            headers: message
+                .headers
+                .iter()
+                .map(|header| proto::Header { key: header.key.clone(), value: header.value.clone() })
+                .collect(),
+            timestamp_ms: message.timestamp_ms,
+            timestamp_type: timestamp_type.into(),
+            group_id: self.group_id.clone(),
+            trace_id: message.trace_id.clone(),
+            attempt,
+        };
+
+        let mut request = tonic::Request::new(body);
+        request.set_timeout(self.timeout);
+        if let Ok(value) = MetadataValue::try_from(traceparent_for(&message.trace_id)) {
+            request.metadata_mut().insert("traceparent", value);
+        }
+        request
+    }
+}
+
+impl Handler for GrpcHandler {
+    async fn handle(&self, message: &Message, attempt: u32) -> Result<(), HandlerError> {
+        let request = self.request(message, attempt);
+        let mut client = self.client.clone();
+
+        // NOTE: a request larger than the handler's maximum receive size (4 MiB by default in
+        // most gRPC servers) is rejected with RESOURCE_EXHAUSTED, which is pause-eligible by
+        // default, so such a message is retried until the limit is raised.
+        let failure = match tokio::time::timeout(self.timeout, client.handle(request)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(status)) => CallFailure::Status(status),
+            Err(_) => CallFailure::Timeout(self.timeout),
+        };
+        Err(classify(&failure, &self.pause_codes))
+    }
+}

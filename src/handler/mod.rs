@@ -1,0 +1,73 @@
+//! The handler seam: the [`Handler`] trait the pipeline calls for every message, the error it
+//! returns, and its gRPC implementation.
+//!
+//! A handler knows nothing about Kafka offsets or commits. It only says whether a message
+//! succeeded, failed in a way worth pausing for (the downstream is unavailable, so the same
+//! message would succeed later), or failed for good (the message itself is bad).
+
+pub mod classify;
+pub mod grpc;
+
+use std::fmt;
+use std::future::Future;
+
+use tonic::Code;
+
+use crate::message::Message;
+
+pub use classify::{CallFailure, DEFAULT_PAUSE_CODES, classify};
+pub use grpc::GrpcHandler;
+
+/// What the pipeline does with a failed message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Close the gate, retry the same message until it succeeds, keep its offset uncommitted.
+    PauseEligible,
+    /// Log the failure and treat the message as finished, so its offset becomes committable.
+    NonPausing,
+}
+
+/// A failed handler call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandlerError {
+    pub disposition: Disposition,
+    /// The gRPC code, when the failure has one.
+    pub code: Option<Code>,
+    pub message: String,
+}
+
+impl HandlerError {
+    pub fn pause_eligible(code: Option<Code>, message: impl Into<String>) -> HandlerError {
+        HandlerError { disposition: Disposition::PauseEligible, code, message: message.into() }
+    }
+
+    pub fn non_pausing(code: Option<Code>, message: impl Into<String>) -> HandlerError {
+        HandlerError { disposition: Disposition::NonPausing, code, message: message.into() }
+    }
+
+    pub fn is_pause_eligible(&self) -> bool {
+        self.disposition == Disposition::PauseEligible
+    }
+
+    /// The code's canonical name (`UNAVAILABLE`), or `NONE` when the failure has no code.
+    pub fn code_name(&self) -> &'static str {
+        self.code.map(classify::code_name).unwrap_or("NONE")
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code_name(), self.message)
+    }
+}
+
+impl std::error::Error for HandlerError {}
+
+/// Handles one message. Implementations are called concurrently, up to the in-flight limit, so
+/// they must be safe to share between tasks.
+///
+/// `attempt` is 1 on the first delivery of the message by this process and grows by one on
+/// every retry.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, message: &Message, attempt: u32) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}

@@ -1,0 +1,159 @@
+//! The consumer and its poll thread.
+//!
+//! One dedicated OS thread owns the polling: it calls librdkafka's `poll` in a loop, forwards
+//! every record and callback to the pipeline as an [`Event`], and never waits on the pipeline
+//! except during a revocation. Keeping it off the async runtime means a busy runtime cannot
+//! delay polling past `max.poll.interval.ms`, and the blocking rebalance handshake cannot stall
+//! a runtime worker.
+//!
+//! The consumer is closed exactly once, on the poll thread, when the last reference to it is
+//! dropped after the loop ends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message as _;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::context::{SidecarContext, describe, offsets_list, partitions_list};
+use super::{Event, KafkaControl};
+use crate::config::Config;
+use crate::message::{Message, TopicPartition};
+
+/// How long one `poll` call may wait for a record; it bounds how quickly the thread notices a
+/// stop request.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The running consumer: its poll thread and the means to stop it.
+pub struct KafkaConsumer {
+    stop: Arc<AtomicBool>,
+    closed: oneshot::Receiver<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The pipeline's [`KafkaControl`] over the consumer.
+pub struct ConsumerHandle {
+    consumer: Arc<BaseConsumer<SidecarContext>>,
+    fetch_paused: Arc<AtomicBool>,
+}
+
+impl KafkaConsumer {
+    /// Creates the consumer, subscribes to the configured topics and starts the poll thread.
+    /// Returns the running consumer, the pipeline's handle on it and the event stream.
+    pub fn start(config: &Config) -> Result<(KafkaConsumer, ConsumerHandle, mpsc::UnboundedReceiver<Event>), KafkaError> {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let fetch_paused = Arc::new(AtomicBool::new(false));
+        let context = SidecarContext {
+            events: events_tx.clone(),
+            fetch_paused: fetch_paused.clone(),
+            closing: AtomicBool::new(false),
+            revoke_timeout: config.revoke_timeout,
+        };
+        let consumer: BaseConsumer<SidecarContext> = config.consumer_config().create_with_context(context)?;
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let consumer = Arc::new(consumer);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (closed_tx, closed_rx) = oneshot::channel();
+        let thread = {
+            let consumer = consumer.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("kafka-poll".into())
+                .spawn(move || poll_loop(consumer, events_tx, stop, closed_tx))
+                .map_err(|error| KafkaError::Subscription(format!("starting the poll thread failed: {error}")))?
+        };
+
+        let handle = ConsumerHandle { consumer, fetch_paused };
+        Ok((KafkaConsumer { stop, closed: closed_rx, thread: Some(thread) }, handle, events_rx))
+    }
+
+    /// Stops polling and closes the consumer, waiting at most `timeout`. Returns false when the
+    /// close did not finish in time; the poll thread then goes on closing in the background.
+    ///
+    /// The pipeline's [`ConsumerHandle`] must be dropped first: the consumer closes when its
+    /// last reference goes.
+    pub async fn close(mut self, timeout: Duration) -> bool {
+        self.stop.store(true, Ordering::Release);
+        let closed = tokio::time::timeout(timeout, &mut self.closed).await.is_ok();
+        if closed && let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        closed
+    }
+}
+
+fn poll_loop(
+    consumer: Arc<BaseConsumer<SidecarContext>>,
+    events: mpsc::UnboundedSender<Event>,
+    stop: Arc<AtomicBool>,
+    closed: oneshot::Sender<()>,
+) {
+    let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
+    while !stop.load(Ordering::Acquire) {
+        let event = match consumer.poll(POLL_TIMEOUT) {
+            None => continue,
+            Some(Ok(record)) => {
+                let topic = match topic_names.get(record.topic()) {
+                    Some(topic) => topic.clone(),
+                    None => {
+                        let topic: Arc<str> = Arc::from(record.topic());
+                        topic_names.insert(record.topic().to_owned(), topic.clone());
+                        topic
+                    }
+                };
+                Event::Fetched(Message::from_kafka(&record, topic))
+            }
+            Some(Err(error)) => Event::ConsumerError(error),
+        };
+        if events.send(event).is_err() {
+            break;
+        }
+    }
+
+    info!("closing the Kafka consumer");
+    consumer.context().closing.store(true, Ordering::Release);
+    if Arc::strong_count(&consumer) > 1 {
+        warn!("the consumer is still referenced elsewhere; it closes when the last reference is dropped");
+    }
+    // Dropping the last reference leaves the group and destroys the client.
+    drop(consumer);
+    info!("Kafka consumer closed");
+    let _ = closed.send(());
+}
+
+impl KafkaControl for ConsumerHandle {
+    fn pause(&self, partitions: &[TopicPartition]) {
+        if partitions.is_empty() {
+            return;
+        }
+        if let Err(error) = self.consumer.pause(&partitions_list(partitions)) {
+            debug!(%error, partitions = %describe(partitions), "pausing partitions failed");
+        }
+    }
+
+    fn resume(&self, partitions: &[TopicPartition]) {
+        if partitions.is_empty() {
+            return;
+        }
+        if let Err(error) = self.consumer.resume(&partitions_list(partitions)) {
+            debug!(%error, partitions = %describe(partitions), "resuming partitions failed");
+        }
+    }
+
+    fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), KafkaError> {
+        let list = offsets_list(offsets)?;
+        self.consumer.commit(&list, CommitMode::Async)
+    }
+
+    fn set_fetch_paused(&self, paused: bool) {
+        self.fetch_paused.store(paused, Ordering::Release);
+    }
+}

@@ -1,0 +1,147 @@
+//! The librdkafka consumer context: routes librdkafka's logs and errors into tracing, and turns
+//! rebalance and commit callbacks into pipeline events.
+//!
+//! Callbacks run on the poll thread, inside `poll`. The revocation callback is the only one
+//! that waits: for the pipeline's offsets (bounded by the revoke timeout) and for their
+//! synchronous commit, because offsets of revoked partitions must be committed while this
+//! consumer still owns them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{debug, error, info, warn};
+
+use super::{Event, Offsets};
+use crate::message::TopicPartition;
+
+/// Extra time the revocation callback waits beyond the pipeline's own revoke timeout before it
+/// gives up on the pipeline's answer.
+const REVOKE_REPLY_SLACK: Duration = Duration::from_secs(5);
+
+pub(crate) struct SidecarContext {
+    pub(crate) events: UnboundedSender<Event>,
+    /// Partitions assigned while this is set start paused.
+    pub(crate) fetch_paused: Arc<AtomicBool>,
+    /// Set when the consumer is closing; the pipeline has already committed and stopped, so
+    /// revocations no longer wait for it.
+    pub(crate) closing: AtomicBool,
+    pub(crate) revoke_timeout: Duration,
+}
+
+impl ClientContext for SidecarContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                error!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Warning => warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => info!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // librdkafka reports transient broker problems here too and recovers from them itself.
+        warn!(target: "librdkafka", %error, reason, "client error");
+    }
+}
+
+impl ConsumerContext for SidecarContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(list) = rebalance else {
+            return;
+        };
+        let partitions = partitions_of(list);
+        if partitions.is_empty() || self.closing.load(Ordering::Acquire) {
+            return;
+        }
+
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        if self.events.send(Event::Revoked { partitions: partitions.clone(), reply }).is_err() {
+            return;
+        }
+        let offsets = match answer.recv_timeout(self.revoke_timeout + REVOKE_REPLY_SLACK) {
+            Ok(offsets) => offsets,
+            Err(_) => {
+                warn!(partitions = %describe(&partitions), "revocation got no offsets from the pipeline in time; committing nothing");
+                return;
+            }
+        };
+        if offsets.is_empty() {
+            return;
+        }
+
+        let result = offsets_list(&offsets).and_then(|list| consumer.commit(&list, CommitMode::Sync));
+        if let Err(error) = &result {
+            warn!(%error, offsets = %describe_offsets(&offsets), "commit during revocation failed; the next owner may handle these messages again");
+        }
+        let _ = self.events.send(Event::RevocationCommitted { result, offsets });
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                // Pause state is kafka-scc's own: apply it to the new partitions whatever the
+                // client library kept from an earlier assignment.
+                let paused = self.fetch_paused.load(Ordering::Acquire);
+                let applied = if paused { consumer.pause(list) } else { consumer.resume(list) };
+                if let Err(error) = applied {
+                    warn!(%error, paused, "applying the pause state to assigned partitions failed");
+                }
+                let partitions = partitions_of(list);
+                let _ = self.events.send(Event::Assigned { partitions, paused });
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => error!(%error, "rebalance failed"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        let offsets: Offsets = offsets
+            .elements()
+            .iter()
+            .filter_map(|element| match element.offset() {
+                Offset::Offset(offset) => {
+                    Some((TopicPartition::new(element.topic(), element.partition()), offset))
+                }
+                _ => None,
+            })
+            .collect();
+        let _ = self.events.send(Event::Committed { result, offsets });
+    }
+}
+
+pub(crate) fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
+    list.elements().iter().map(|element| TopicPartition::new(element.topic(), element.partition())).collect()
+}
+
+pub(crate) fn offsets_list(offsets: &[(TopicPartition, i64)]) -> KafkaResult<TopicPartitionList> {
+    let mut list = TopicPartitionList::with_capacity(offsets.len());
+    for (partition, offset) in offsets {
+        list.add_partition_offset(&partition.topic, partition.partition, Offset::Offset(*offset))?;
+    }
+    Ok(list)
+}
+
+pub(crate) fn partitions_list(partitions: &[TopicPartition]) -> TopicPartitionList {
+    let mut list = TopicPartitionList::with_capacity(partitions.len());
+    for partition in partitions {
+        list.add_partition(&partition.topic, partition.partition);
+    }
+    list
+}
+
+pub(crate) fn describe(partitions: &[TopicPartition]) -> String {
+    partitions.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+pub(crate) fn describe_offsets(offsets: &[(TopicPartition, i64)]) -> String {
+    offsets.iter().map(|(partition, offset)| format!("{partition}@{offset}")).collect::<Vec<_>>().join(",")
+}

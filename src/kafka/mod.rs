@@ -1,0 +1,51 @@
+//! The Kafka side: the librdkafka consumer, the thread that polls it, and the rebalance
+//! handshake with the pipeline.
+//!
+//! The poll thread turns everything librdkafka reports into [`Event`]s for the pipeline; the
+//! pipeline acts on Kafka through [`KafkaControl`], whose calls never block.
+
+mod consumer;
+mod context;
+
+use std::sync::mpsc::SyncSender;
+
+use rdkafka::error::KafkaError;
+
+use crate::message::{Message, TopicPartition};
+
+pub use consumer::{ConsumerHandle, KafkaConsumer};
+
+/// Offsets to commit: the next offset to read, per partition.
+pub type Offsets = Vec<(TopicPartition, i64)>;
+
+/// What the poll thread reports to the pipeline, in the order it happened.
+#[derive(Debug)]
+pub enum Event {
+    /// A record was fetched.
+    Fetched(Message),
+    /// Partitions were added to the assignment. `paused` says whether the poll thread already
+    /// paused them because fetching was paused when they arrived.
+    Assigned { partitions: Vec<TopicPartition>, paused: bool },
+    /// Partitions are being revoked. The poll thread waits, bounded, for the pipeline to send
+    /// the offsets to commit for them through `reply`, commits those synchronously, and only
+    /// then lets the revocation complete.
+    Revoked { partitions: Vec<TopicPartition>, reply: SyncSender<Offsets> },
+    /// An asynchronous commit finished.
+    Committed { result: Result<(), KafkaError>, offsets: Offsets },
+    /// A synchronous commit made during a revocation finished.
+    RevocationCommitted { result: Result<(), KafkaError>, offsets: Offsets },
+    /// The consumer reported an error while polling.
+    ConsumerError(KafkaError),
+}
+
+/// The pipeline's handle on the consumer. Every call returns at once: pausing and resuming are
+/// local operations of librdkafka, and commits are asynchronous, reported by
+/// [`Event::Committed`].
+pub trait KafkaControl: Send + 'static {
+    fn pause(&self, partitions: &[TopicPartition]);
+    fn resume(&self, partitions: &[TopicPartition]);
+    /// Starts an asynchronous commit of `offsets`.
+    fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), KafkaError>;
+    /// Tells the poll thread whether partitions assigned from now on start paused.
+    fn set_fetch_paused(&self, paused: bool);
+}

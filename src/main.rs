@@ -1,0 +1,117 @@
+//! The `kafka-scc` binary: reads the configuration from the environment, connects to Kafka and
+//! the handler, and runs until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kafka_scc::{Config, GrpcHandler, Sidecar, telemetry};
+use tracing::error;
+
+/// Exit code for invalid configuration.
+const EXIT_INVALID_CONFIG: u8 = 2;
+
+const CONFIGURATION_HELP: &str = "\
+Configuration comes from the environment:
+  KAFKA_BROKERS            bootstrap servers (default localhost:9094)
+  KAFKA_GROUP_ID           consumer group (default event-processor-group)
+  KAFKA_TOPIC              topic, or a comma list of topics (required)
+  HANDLER_ENDPOINT         handler gRPC address (default http://127.0.0.1:50051)
+  SCC_MAX_IN_FLIGHT        handler calls open at once (default 100)
+  SCC_PROCESSING_ORDER     key, partition or unordered (default key)
+  SCC_PAUSE_CODES          gRPC codes that pause and retry (default UNAVAILABLE,DEADLINE_EXCEEDED,
+                           RESOURCE_EXHAUSTED,ABORTED,UNIMPLEMENTED,UNAUTHENTICATED,PERMISSION_DENIED)
+  SCC_BACKOFF_BASE_MS      first retry delay ceiling in ms (default 500)
+  SCC_BACKOFF_MAX_MS       retry delay cap in ms (default 10000)
+  SCC_HANDLER_TIMEOUT_MS   deadline of one handler call in ms (default 30000)
+  SCC_SHUTDOWN_TIMEOUT_MS  bound on shutdown in ms (default 25000)
+  SCC_COMMIT_INTERVAL_MS   commit interval in ms (default 500)
+  SCC_REVOKE_TIMEOUT_MS    wait for in-flight calls on revocation in ms (default 10000)
+  SCC_PARTITION_BUFFER     fetched messages held per partition (default 1000)
+  SCC_LOG_FORMAT           text or json (default text); filter with RUST_LOG
+  KAFKA_CFG_<NAME>         any librdkafka property, e.g. KAFKA_CFG_SECURITY_PROTOCOL=ssl";
+
+/// Kafka consumer sidecar: forwards each message to a gRPC handler and commits offsets in order.
+#[derive(Parser, Debug)]
+#[command(version, about, after_help = CONFIGURATION_HELP)]
+struct Cli {
+    /// Validate the configuration, print it with secrets redacted, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("kafka-scc: {error}");
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+    if cli.check_config {
+        println!("{}", config.summary());
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init_logging(config.log_format);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kafka-scc: starting the async runtime failed: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run(config));
+    // The consumer may still be closing on its own thread after a timed-out shutdown; the
+    // process exits without waiting for it.
+    runtime.shutdown_background();
+    code
+}
+
+async fn run(config: Config) -> ExitCode {
+    let handler = match GrpcHandler::connect_lazy(
+        &config.handler_endpoint,
+        config.group_id.clone(),
+        config.handler_timeout,
+        config.pause_codes.clone(),
+    ) {
+        Ok(handler) => handler,
+        Err(error) => {
+            eprintln!("kafka-scc: invalid configuration: HANDLER_ENDPOINT={:?}: {error}", config.handler_endpoint);
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+
+    match Sidecar::new(config, handler).run(shutdown_signal()).await {
+        Ok(summary) if summary.report.poll_thread_stopped => ExitCode::FAILURE,
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            error!(%error, "kafka-scc failed to start");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(error) => {
+                error!(%error, "installing the SIGTERM handler failed; only SIGINT stops kafka-scc");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

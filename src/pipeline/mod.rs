@@ -1,0 +1,595 @@
+//! The pipeline: the single task that owns all per-partition state (commit trackers, the lane
+//! scheduler, the gate, retries and assignment generations) and ties fetching, handling and
+//! committing together.
+//!
+//! Nothing else touches that state, so it needs no locks: the poll thread talks to the
+//! pipeline through [`Event`]s, workers through their join handles, and the pipeline acts on
+//! Kafka through [`KafkaControl`], whose calls return at once.
+//!
+//! Invariants kept here:
+//! - An offset becomes committable only when its message succeeded or failed non-pausing, and
+//!   only once every earlier fetched offset of its partition has (see [`CommitTracker`]).
+//! - A result is applied only to the partition state of the generation that dispatched it;
+//!   results from an earlier ownership are discarded.
+//! - A pause-eligible failure keeps its lane busy, so nothing behind it in the same lane can
+//!   overtake it, and keeps its offset uncommitted until a retry succeeds.
+
+mod partition;
+mod retry;
+mod shutdown;
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::{Instant, MissedTickBehavior};
+use tonic::Code;
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::{Config, ProcessingOrder};
+use crate::dispatch::{LaneId, LaneKey, Scheduler};
+use crate::gate::Gate;
+use crate::handler::{Handler, HandlerError};
+use crate::kafka::{Event, KafkaControl, Offsets};
+use crate::message::{Message, TopicPartition};
+use crate::telemetry::Stats;
+
+use partition::{PartitionState, Revocation};
+use retry::Retries;
+pub use shutdown::ShutdownReport;
+
+/// The pipeline's tuning, taken from [`Config`].
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub max_in_flight: usize,
+    pub processing_order: ProcessingOrder,
+    pub partition_buffer: usize,
+    pub commit_interval: Duration,
+    pub revoke_timeout: Duration,
+    pub backoff: Backoff,
+}
+
+impl PipelineSettings {
+    pub fn from_config(config: &Config) -> PipelineSettings {
+        PipelineSettings {
+            max_in_flight: config.max_in_flight,
+            processing_order: config.processing_order,
+            partition_buffer: config.partition_buffer,
+            commit_interval: config.commit_interval,
+            revoke_timeout: config.revoke_timeout,
+            backoff: Backoff::new(config.backoff_base, config.backoff_max),
+        }
+    }
+}
+
+/// A fetched message on its way through the pipeline.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    message: Arc<Message>,
+    lane: LaneId,
+    generation: u64,
+    /// Fetch order across all partitions; orders retries.
+    seq: u64,
+    /// Handler calls made so far for this message.
+    attempt: u32,
+}
+
+/// A finished handler call.
+struct Completion {
+    pending: Pending,
+    result: Result<(), HandlerError>,
+    probe: bool,
+}
+
+/// An async commit waiting for its callback, with the generation of each partition at the
+/// time it was sent.
+struct CommitInFlight {
+    offsets: Vec<(TopicPartition, i64, u64)>,
+}
+
+/// The pipeline task's state. Build it with [`Pipeline::new`] and drive it with
+/// [`Pipeline::run`].
+pub struct Pipeline<H, C> {
+    handler: Arc<H>,
+    control: C,
+    events: UnboundedReceiver<Event>,
+    stats: Arc<Stats>,
+    settings: PipelineSettings,
+
+    partitions: HashMap<TopicPartition, PartitionState>,
+    scheduler: Scheduler<Pending>,
+    gate: Gate,
+    retries: Retries,
+    revocations: Vec<Revocation>,
+    workers: JoinSet<Completion>,
+    in_flight: usize,
+    commit_in_flight: Option<CommitInFlight>,
+    next_generation: u64,
+    next_seq: u64,
+    draining: bool,
+}
+
+impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
+    pub fn new(
+        handler: Arc<H>,
+        control: C,
+        events: UnboundedReceiver<Event>,
+        stats: Arc<Stats>,
+        settings: PipelineSettings,
+    ) -> Self {
+        let retries = Retries::new(settings.backoff.clone());
+        Pipeline {
+            handler,
+            control,
+            events,
+            stats,
+            settings,
+            partitions: HashMap::new(),
+            scheduler: Scheduler::new(),
+            gate: Gate::default(),
+            retries,
+            revocations: Vec::new(),
+            workers: JoinSet::new(),
+            in_flight: 0,
+            commit_in_flight: None,
+            next_generation: 0,
+            next_seq: 0,
+            draining: false,
+        }
+    }
+
+    /// Runs until `shutdown` completes or the poll thread stops, then drains: in-flight calls
+    /// get until `shutdown_timeout` × 0.6 after the signal, the final commit until × 0.8, which
+    /// leaves the rest for closing the consumer.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>, shutdown_timeout: Duration) -> ShutdownReport {
+        let mut commit_timer = tokio::time::interval(self.settings.commit_interval);
+        commit_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut poll_thread_stopped = false;
+
+        loop {
+            let retry_at = self.retries.deadline();
+            let revoke_at = self.revocations.iter().map(|revocation| revocation.deadline).min();
+
+            // Biased: timers come before results and fetched messages because they are rare
+            // and would otherwise starve under a steady stream of messages.
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                _ = commit_timer.tick() => {
+                    self.commit_finished();
+                }
+                () = tokio::time::sleep_until(retry_at.unwrap_or(far_future)), if retry_at.is_some() => {
+                    self.retries.mark_due();
+                }
+                () = tokio::time::sleep_until(revoke_at.unwrap_or(far_future)), if revoke_at.is_some() => {}
+                Some(joined) = self.workers.join_next(), if !self.workers.is_empty() => self.on_joined(joined),
+                event = self.events.recv() => match event {
+                    Some(event) => self.on_event(event),
+                    None => {
+                        error!("the Kafka poll thread stopped; shutting down");
+                        poll_thread_stopped = true;
+                        break;
+                    }
+                },
+            }
+            self.answer_revocations(Instant::now());
+            self.dispatch();
+        }
+
+        let mut report = self.drain(shutdown_timeout).await;
+        report.poll_thread_stopped = poll_thread_stopped;
+        report
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Fetched(message) => self.on_fetched(message),
+            Event::Assigned { partitions, paused } => self.on_assigned(partitions, paused),
+            Event::Revoked { partitions, reply } => self.begin_revocation(partitions, reply),
+            Event::Committed { result, offsets } => self.on_committed(result, offsets),
+            Event::RevocationCommitted { result, offsets } => match result {
+                Ok(()) => self.stats.record_committed(&offsets),
+                Err(_) => self.stats.record_commit_failure(),
+            },
+            Event::ConsumerError(error) => {
+                warn!(%error, "the consumer reported an error");
+            }
+        }
+    }
+
+    fn on_fetched(&mut self, message: Message) {
+        let partition = message.topic_partition();
+        if self.draining {
+            // Not dispatched and not committed, so the next consumer of the partition reads it.
+            debug!(topic = %message.topic, partition = message.partition, offset = message.offset, "fetched while shutting down; left uncommitted");
+            return;
+        }
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            warn!(
+                topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = %message.trace_id,
+                "fetched a message of a partition that is not assigned; it is left uncommitted for its owner"
+            );
+            return;
+        };
+        if state.revoking {
+            return;
+        }
+        if let Err(error) = state.tracker.track(message.offset) {
+            // NOTE: a rewind (an offset reset or a seek) also lands here; such messages are
+            // skipped until the fetch position passes the highest offset tracked.
+            warn!(
+                topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = %message.trace_id,
+                %error, "fetched offset is not above the last one; skipped, it is already tracked"
+            );
+            return;
+        }
+
+        state.buffered += 1;
+        let generation = state.generation;
+        let key = LaneKey::for_message(self.settings.processing_order, message.key.as_ref(), message.offset);
+        let lane = LaneId { partition: partition.clone(), key };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.stats.record_fetched();
+        self.scheduler.push(lane.clone(), Pending { message: Arc::new(message), lane, generation, seq, attempt: 0 });
+        self.reconcile_pause(&partition);
+    }
+
+    fn on_assigned(&mut self, partitions: Vec<TopicPartition>, paused: bool) {
+        for partition in &partitions {
+            if self.partitions.contains_key(partition) {
+                // Assigned again without a revocation in between: start over as a new owner.
+                self.forget_partition(partition);
+            }
+            let generation = self.next_generation;
+            self.next_generation += 1;
+            self.partitions.insert(partition.clone(), PartitionState::new(generation, paused));
+        }
+        info!(partitions = %describe(&partitions), paused, "partitions assigned");
+        self.stats.record_assigned(&partitions);
+        for partition in &partitions {
+            self.reconcile_pause(partition);
+        }
+    }
+
+    /// Drops everything queued or waiting for a retry in a partition; its in-flight calls
+    /// finish on their own and their results are discarded.
+    fn forget_partition(&mut self, partition: &TopicPartition) -> (usize, usize) {
+        let queued = self.scheduler.remove_partition(partition);
+        let retries = self.retries.remove_partition(partition);
+        if let Some(state) = self.partitions.get_mut(partition) {
+            state.buffered = 0;
+        }
+        (queued, retries)
+    }
+
+    fn begin_revocation(&mut self, partitions: Vec<TopicPartition>, reply: std::sync::mpsc::SyncSender<Offsets>) {
+        let mut dropped_retries = 0;
+        for partition in &partitions {
+            let (_, retries) = self.forget_partition(partition);
+            dropped_retries += retries;
+            if let Some(state) = self.partitions.get_mut(partition) {
+                state.revoking = true;
+            }
+        }
+        info!(
+            partitions = %describe(&partitions), dropped_retries,
+            "revocation started; waiting for in-flight calls of the revoked partitions"
+        );
+        let deadline = Instant::now() + self.settings.revoke_timeout;
+        self.revocations.push(Revocation { partitions, reply, deadline });
+    }
+
+    /// Completes every revocation whose partitions have no call in flight, or whose deadline
+    /// passed: replies with the offsets to commit and drops the partitions' state.
+    fn answer_revocations(&mut self, now: Instant) {
+        let mut index = 0;
+        while index < self.revocations.len() {
+            let revocation = &self.revocations[index];
+            let busy: usize =
+                revocation.partitions.iter().filter_map(|partition| self.partitions.get(partition)).map(|state| state.in_flight).sum();
+            if busy > 0 && now < revocation.deadline {
+                index += 1;
+                continue;
+            }
+
+            let revocation = self.revocations.remove(index);
+            let offsets: Offsets = revocation
+                .partitions
+                .iter()
+                .filter_map(|partition| {
+                    let state = self.partitions.remove(partition)?;
+                    state.tracker.commit_candidate().map(|offset| (partition.clone(), offset))
+                })
+                .collect();
+            if busy > 0 {
+                warn!(
+                    partitions = %describe(&revocation.partitions), abandoned = busy,
+                    "revocation timed out waiting for in-flight calls; their results will be discarded and the next owner handles them again"
+                );
+            }
+            info!(partitions = %describe(&revocation.partitions), offsets = %describe_offsets(&offsets), "partitions revoked");
+            self.stats.record_revoked(&revocation.partitions);
+            let _ = revocation.reply.try_send(offsets);
+        }
+    }
+
+    fn on_joined(&mut self, joined: Result<Completion, JoinError>) {
+        match joined {
+            Ok(completion) => self.on_completion(completion),
+            Err(error) => {
+                // Workers catch panics, so only cancellation gets here, and cancellation only
+                // happens at the end of shutdown.
+                self.in_flight -= 1;
+                error!(%error, "a handler task ended without a result");
+            }
+        }
+    }
+
+    fn on_completion(&mut self, completion: Completion) {
+        let Completion { pending, result, probe } = completion;
+        self.in_flight -= 1;
+        if probe {
+            self.retries.probe_ended();
+        }
+
+        let message = &pending.message;
+        let partition = &pending.lane.partition;
+        let Some(state) = self.partitions.get_mut(partition).filter(|state| state.generation == pending.generation) else {
+            debug!(
+                topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = %message.trace_id,
+                "result for a partition no longer owned by this assignment; discarded"
+            );
+            return;
+        };
+        state.in_flight -= 1;
+
+        match result {
+            Ok(()) => {
+                self.finish(&pending);
+                self.stats.record_success();
+                if probe {
+                    self.retries.probe_succeeded();
+                    self.open_gate();
+                }
+            }
+            Err(error) if error.is_pause_eligible() => {
+                self.stats.record_pause_eligible();
+                if self.draining {
+                    warn!(
+                        topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = %message.trace_id,
+                        grpc.code = error.code_name(), error = %error.message, attempt = pending.attempt,
+                        "handler unavailable during shutdown; message left uncommitted"
+                    );
+                    return;
+                }
+                warn!(
+                    topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = %message.trace_id,
+                    grpc.code = error.code_name(), error = %error.message, attempt = pending.attempt,
+                    "handler unavailable; message will be retried"
+                );
+                self.retries.add(pending);
+                self.close_gate();
+            }
+            Err(error) => {
+                error!(
+                    topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = %message.trace_id,
+                    grpc.code = error.code_name(), error = %error.message, attempt = pending.attempt,
+                    "handler rejected the message; committing it"
+                );
+                self.finish(&pending);
+                self.stats.record_non_pausing();
+            }
+        }
+    }
+
+    /// Marks a message finished: its offset may become committable and its lane is free.
+    fn finish(&mut self, pending: &Pending) {
+        let partition = &pending.lane.partition;
+        if let Some(state) = self.partitions.get_mut(partition)
+            && let Err(error) = state.tracker.finish(pending.message.offset)
+        {
+            error!(%partition, offset = pending.message.offset, %error, "commit tracker rejected a finished offset");
+        }
+        self.scheduler.release(&pending.lane);
+    }
+
+    fn close_gate(&mut self) {
+        if self.gate.close(Instant::now()) {
+            warn!("gate closed: handler unavailable; pausing fetching and retrying with backoff");
+            self.stats.record_gate(false);
+            self.control.set_fetch_paused(true);
+            self.reconcile_all_pauses();
+        }
+    }
+
+    fn open_gate(&mut self) {
+        if let Some(closed_for) = self.gate.open(Instant::now()) {
+            info!(closed_ms = closed_for.as_millis() as u64, retries_waiting = self.retries.len(), "gate opened: resuming fetching");
+            self.stats.record_gate(true);
+            self.control.set_fetch_paused(false);
+            self.reconcile_all_pauses();
+        }
+    }
+
+    /// Hands messages to workers up to the in-flight limit. While the gate is closed only the
+    /// retry probe goes out; while it is open, failed messages go before anything newer.
+    fn dispatch(&mut self) {
+        if self.draining {
+            return;
+        }
+        if !self.gate.is_open() {
+            if self.retries.is_empty() && !self.retries.probe_in_flight() {
+                // Nothing is left to probe with (the failed messages' partitions were
+                // revoked), so the next message is the probe.
+                self.open_gate();
+            } else {
+                if let Some(delay) = self.retries.schedule_if_idle(Instant::now()) {
+                    debug!(delay_ms = delay.as_millis() as u64, "retry probe scheduled");
+                }
+                if self.in_flight < self.settings.max_in_flight
+                    && let Some(pending) = self.retries.take_probe()
+                {
+                    self.spawn(pending, true);
+                }
+                return;
+            }
+        }
+
+        while self.in_flight < self.settings.max_in_flight {
+            let pending = if let Some(pending) = self.retries.take_next() {
+                pending
+            } else if let Some((lane, pending)) = self.scheduler.pop() {
+                if let Some(state) = self.partitions.get_mut(&lane.partition) {
+                    state.buffered -= 1;
+                }
+                self.reconcile_pause(&lane.partition);
+                pending
+            } else {
+                break;
+            };
+            self.spawn(pending, false);
+        }
+    }
+
+    fn spawn(&mut self, mut pending: Pending, probe: bool) {
+        pending.attempt += 1;
+        if let Some(state) = self.partitions.get_mut(&pending.lane.partition)
+            && state.generation == pending.generation
+        {
+            state.in_flight += 1;
+        }
+        self.in_flight += 1;
+        if pending.attempt > 1 {
+            let message = &pending.message;
+            info!(
+                topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = %message.trace_id,
+                attempt = pending.attempt, probe, "retrying message"
+            );
+        }
+
+        let handler = self.handler.clone();
+        self.workers.spawn(async move {
+            let call = handler.handle(&pending.message, pending.attempt);
+            let result = AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|panic| {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                Err(HandlerError::non_pausing(Some(Code::Internal), format!("handler panicked: {text}")))
+            });
+            Completion { pending, result, probe }
+        });
+    }
+
+    /// Brings one partition's Kafka pause state in line with what it should be: paused while
+    /// fetching is paused (gate closed or shutting down) or while its buffer is full.
+    fn reconcile_pause(&mut self, partition: &TopicPartition) {
+        let fetch_paused = !self.gate.is_open() || self.draining;
+        let limit = self.settings.partition_buffer;
+        let Some(state) = self.partitions.get_mut(partition) else {
+            return;
+        };
+        match state.wants_pause(fetch_paused, limit) {
+            Some(true) => self.control.pause(std::slice::from_ref(partition)),
+            Some(false) => self.control.resume(std::slice::from_ref(partition)),
+            None => {}
+        }
+    }
+
+    fn reconcile_all_pauses(&mut self) {
+        let fetch_paused = !self.gate.is_open() || self.draining;
+        let limit = self.settings.partition_buffer;
+        let mut pause = Vec::new();
+        let mut resume = Vec::new();
+        for (partition, state) in &mut self.partitions {
+            match state.wants_pause(fetch_paused, limit) {
+                Some(true) => pause.push(partition.clone()),
+                Some(false) => resume.push(partition.clone()),
+                None => {}
+            }
+        }
+        self.control.pause(&pause);
+        self.control.resume(&resume);
+    }
+
+    /// Starts an async commit of every partition whose committable offset moved, unless a
+    /// commit is already in flight: one at a time keeps commits in order, so a late failure
+    /// can never follow a newer success. Returns whether a commit was started.
+    fn commit_finished(&mut self) -> bool {
+        if self.commit_in_flight.is_some() {
+            return false;
+        }
+        let offsets: Vec<(TopicPartition, i64, u64)> = self
+            .partitions
+            .iter()
+            .filter(|(_, state)| !state.revoking)
+            .filter_map(|(partition, state)| {
+                state.tracker.commit_candidate().map(|offset| (partition.clone(), offset, state.generation))
+            })
+            .collect();
+        if offsets.is_empty() {
+            return false;
+        }
+
+        let plain: Offsets = offsets.iter().map(|(partition, offset, _)| (partition.clone(), *offset)).collect();
+        match self.control.commit(&plain) {
+            Ok(()) => {
+                debug!(offsets = %describe_offsets(&plain), "commit sent");
+                self.commit_in_flight = Some(CommitInFlight { offsets });
+                true
+            }
+            Err(error) => {
+                warn!(%error, offsets = %describe_offsets(&plain), "starting a commit failed; retrying at the next interval");
+                self.stats.record_commit_failure();
+                false
+            }
+        }
+    }
+
+    fn on_committed(&mut self, result: Result<(), rdkafka::error::KafkaError>, offsets: Offsets) {
+        let ours = self.commit_in_flight.as_ref().is_some_and(|in_flight| {
+            in_flight.offsets.len() == offsets.len()
+                && in_flight.offsets.iter().all(|(p, o, _)| offsets.iter().any(|(q, n)| p == q && o == n))
+        });
+        if !ours {
+            // A commit made during a revocation, reported a second time by librdkafka.
+            if result.is_ok() {
+                self.stats.record_committed(&offsets);
+            }
+            return;
+        }
+
+        let in_flight = self.commit_in_flight.take().expect("checked above");
+        match result {
+            Ok(()) => {
+                for (partition, offset, generation) in &in_flight.offsets {
+                    if let Some(state) = self.partitions.get_mut(partition).filter(|state| state.generation == *generation) {
+                        state.tracker.mark_committed(*offset);
+                    }
+                }
+                self.stats.record_committed(&offsets);
+            }
+            Err(error) => {
+                warn!(%error, offsets = %describe_offsets(&offsets), "commit failed; retrying at the next interval");
+                self.stats.record_commit_failure();
+            }
+        }
+    }
+}
+
+pub(crate) fn describe(partitions: &[TopicPartition]) -> String {
+    partitions.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+pub(crate) fn describe_offsets(offsets: &[(TopicPartition, i64)]) -> String {
+    offsets.iter().map(|(partition, offset)| format!("{partition}@{offset}")).collect::<Vec<_>>().join(",")
+}

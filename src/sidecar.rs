@@ -1,0 +1,101 @@
+//! Start-up and shutdown of one sidecar: creates the consumer, runs the pipeline until the
+//! shutdown signal, and closes the consumer within what is left of the shutdown timeout.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::handler::Handler;
+use crate::kafka::KafkaConsumer;
+use crate::pipeline::{Pipeline, PipelineSettings, ShutdownReport};
+use crate::telemetry::{Stats, StatsSnapshot};
+
+/// The smallest time given to closing the consumer, even when draining used up the timeout.
+const MIN_CLOSE_TIME: Duration = Duration::from_millis(100);
+
+/// Why a sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("creating the Kafka consumer failed: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub report: ShutdownReport,
+    /// Whether the consumer finished closing within the shutdown timeout.
+    pub consumer_closed: bool,
+    /// Time from the shutdown signal to the end of the close.
+    pub shutdown_took: Duration,
+    pub stats: StatsSnapshot,
+}
+
+/// One kafka-scc instance: a consumer group member that feeds `H`.
+pub struct Sidecar<H> {
+    config: Config,
+    handler: Arc<H>,
+    stats: Arc<Stats>,
+    backoff: Option<Backoff>,
+}
+
+impl<H: Handler> Sidecar<H> {
+    pub fn new(config: Config, handler: H) -> Sidecar<H> {
+        Sidecar { config, handler: Arc::new(handler), stats: Arc::new(Stats::new()), backoff: None }
+    }
+
+    /// Replaces the backoff built from the configuration, for example with a seeded one.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Sidecar<H> {
+        self.backoff = Some(backoff);
+        self
+    }
+
+    /// The live counters of this sidecar; valid before, during and after [`Sidecar::run`].
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Consumes until `shutdown` completes, then shuts down within `SCC_SHUTDOWN_TIMEOUT_MS`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
+        let Sidecar { config, handler, stats, backoff } = self;
+        info!(config = %config.summary(), "kafka-scc starting");
+
+        let (consumer, control, events) = KafkaConsumer::start(&config)?;
+        let mut settings = PipelineSettings::from_config(&config);
+        if let Some(backoff) = backoff {
+            settings.backoff = backoff;
+        }
+        let pipeline = Pipeline::new(handler, control, events, stats.clone(), settings);
+
+        let signalled_at: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+        let shutdown = {
+            let signalled_at = signalled_at.clone();
+            async move {
+                shutdown.await;
+                let _ = signalled_at.set(Instant::now());
+                info!("shutdown requested");
+            }
+        };
+        let report = pipeline.run(shutdown, config.shutdown_timeout).await;
+
+        let started = *signalled_at.get_or_init(Instant::now);
+        let remaining = (started + config.shutdown_timeout).saturating_duration_since(Instant::now());
+        let consumer_closed = consumer.close(remaining.max(MIN_CLOSE_TIME)).await;
+        if !consumer_closed {
+            warn!("the Kafka consumer did not close within the shutdown timeout");
+        }
+        let shutdown_took = started.elapsed();
+        let stats = stats.snapshot();
+        info!(
+            handled = stats.handled(), succeeded = stats.succeeded, non_pausing = stats.non_pausing,
+            retried = stats.pause_eligible, shutdown_ms = shutdown_took.as_millis() as u64,
+            "kafka-scc stopped"
+        );
+        Ok(Summary { report, consumer_closed, shutdown_took, stats })
+    }
+}
