@@ -24,7 +24,10 @@ const MANAGED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "KAFKA_BROKERS"),
     ("group.id", "KAFKA_GROUP_ID"),
     ("enable.auto.commit", "nothing: kafka-scc commits itself"),
-    ("enable.auto.offset.store", "nothing: kafka-scc stores offsets itself"),
+    (
+        "enable.auto.offset.store",
+        "nothing: kafka-scc stores offsets itself",
+    ),
 ];
 
 /// The order in which messages of one partition may be handled concurrently.
@@ -109,7 +112,11 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(variable: &str, value: &str, expected: impl Into<String>) -> Self {
-        let value = if is_secret_name(variable) { "[redacted]" } else { value };
+        let value = if is_secret_name(variable) {
+            "[redacted]"
+        } else {
+            value
+        };
         ConfigError {
             variable: variable.to_owned(),
             value: value.to_owned(),
@@ -122,9 +129,16 @@ impl ConfigError {
 /// private keys.
 pub fn is_secret_name(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    ["password", "secret", "private.key", "private_key", "ssl.key.pem", "ssl_key_pem"]
-        .iter()
-        .any(|word| name.contains(word))
+    [
+        "password",
+        "secret",
+        "private.key",
+        "private_key",
+        "ssl.key.pem",
+        "ssl_key_pem",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
         || name.ends_with("sasl.oauthbearer.config")
         || name.ends_with("sasl_oauthbearer_config")
 }
@@ -143,17 +157,27 @@ impl Config {
         K: Into<String>,
         V: Into<String>,
     {
-        let vars: BTreeMap<String, String> =
-            vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let vars: BTreeMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
         let env = Env(&vars);
 
         let brokers = env.string("KAFKA_BROKERS", "localhost:9094")?;
         if brokers.trim().is_empty() {
-            return Err(ConfigError::new("KAFKA_BROKERS", &brokers, "expected host:port[,host:port...]"));
+            return Err(ConfigError::new(
+                "KAFKA_BROKERS",
+                &brokers,
+                "expected host:port[,host:port...]",
+            ));
         }
         let group_id = env.string("KAFKA_GROUP_ID", "event-processor-group")?;
         if group_id.trim().is_empty() {
-            return Err(ConfigError::new("KAFKA_GROUP_ID", &group_id, "expected a non-empty group id"));
+            return Err(ConfigError::new(
+                "KAFKA_GROUP_ID",
+                &group_id,
+                "expected a non-empty group id",
+            ));
         }
         let topics = parse_topics(&env)?;
         let handler_endpoint = parse_endpoint(&env)?;
@@ -169,7 +193,10 @@ impl Config {
             return Err(ConfigError::new(
                 "SCC_BACKOFF_MAX_MS",
                 value,
-                format!("expected a value no smaller than SCC_BACKOFF_BASE_MS ({} ms)", backoff_base.as_millis()),
+                format!(
+                    "expected a value no smaller than SCC_BACKOFF_BASE_MS ({} ms)",
+                    backoff_base.as_millis()
+                ),
             ));
         }
         let handler_timeout = env.millis("SCC_HANDLER_TIMEOUT_MS", 30_000, 1, 3_600_000)?;
@@ -180,7 +207,13 @@ impl Config {
         let log_format = match env.get("SCC_LOG_FORMAT").unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => return Err(ConfigError::new("SCC_LOG_FORMAT", other, "expected text or json")),
+            other => {
+                return Err(ConfigError::new(
+                    "SCC_LOG_FORMAT",
+                    other,
+                    "expected text or json",
+                ));
+            }
         };
         let kafka_properties = parse_kafka_properties(&vars)?;
 
@@ -225,7 +258,11 @@ impl Config {
     /// values replaced by `[redacted]`.
     pub fn summary(&self) -> String {
         let codes: Vec<&str> = {
-            let mut codes: Vec<&str> = self.pause_codes.iter().map(|code| code_name(*code)).collect();
+            let mut codes: Vec<&str> = self
+                .pause_codes
+                .iter()
+                .map(|code| code_name(*code))
+                .collect();
             codes.sort_unstable();
             codes
         };
@@ -249,7 +286,11 @@ impl Config {
             self.partition_buffer,
         );
         for (name, value) in &self.kafka_properties {
-            let shown = if is_secret_name(name) { "[redacted]" } else { value.as_str() };
+            let shown = if is_secret_name(name) {
+                "[redacted]"
+            } else {
+                value.as_str()
+            };
             line.push_str(&format!(" {name}={shown}"));
         }
         line
@@ -274,11 +315,21 @@ impl Env<'_> {
         };
         match raw.trim().parse::<u64>() {
             Ok(value) if (min..=max).contains(&value) => Ok(value),
-            _ => Err(ConfigError::new(name, raw, format!("expected a whole number from {min} to {max}"))),
+            _ => Err(ConfigError::new(
+                name,
+                raw,
+                format!("expected a whole number from {min} to {max}"),
+            )),
         }
     }
 
-    fn millis(&self, name: &str, default: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+    fn millis(
+        &self,
+        name: &str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<Duration, ConfigError> {
         let Some(raw) = self.get(name) else {
             return Ok(Duration::from_millis(default));
         };
@@ -295,13 +346,22 @@ impl Env<'_> {
 
 fn parse_topics(env: &Env<'_>) -> Result<Vec<String>, ConfigError> {
     let Some(raw) = env.get("KAFKA_TOPIC") else {
-        return Err(ConfigError::new("KAFKA_TOPIC", "", "missing: expected a topic name or a comma list of topic names"));
+        return Err(ConfigError::new(
+            "KAFKA_TOPIC",
+            "",
+            "missing: expected a topic name or a comma list of topic names",
+        ));
     };
-    let topics: Vec<String> = raw.split(',').map(|topic| topic.trim().to_owned()).collect();
+    let topics: Vec<String> = raw
+        .split(',')
+        .map(|topic| topic.trim().to_owned())
+        .collect();
     let valid = |topic: &String| {
         !topic.is_empty()
             && topic.len() <= 249
-            && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
     };
     if topics.iter().all(valid) {
         Ok(topics)
@@ -317,7 +377,9 @@ fn parse_topics(env: &Env<'_>) -> Result<Vec<String>, ConfigError> {
 fn parse_endpoint(env: &Env<'_>) -> Result<String, ConfigError> {
     let raw = env.string("HANDLER_ENDPOINT", "http://127.0.0.1:50051")?;
     let expected = "expected an http:// URI with a host and a port, such as http://127.0.0.1:50051";
-    let uri: tonic::transport::Uri = raw.parse().map_err(|_| ConfigError::new("HANDLER_ENDPOINT", &raw, expected))?;
+    let uri: tonic::transport::Uri = raw
+        .parse()
+        .map_err(|_| ConfigError::new("HANDLER_ENDPOINT", &raw, expected))?;
     // NOTE: TLS (https://) and Unix domain sockets are not supported yet.
     if uri.scheme_str() != Some("http") || uri.host().is_none() {
         return Err(ConfigError::new("HANDLER_ENDPOINT", &raw, expected));
@@ -330,7 +392,11 @@ fn parse_processing_order(env: &Env<'_>) -> Result<ProcessingOrder, ConfigError>
         "key" => Ok(ProcessingOrder::Key),
         "partition" => Ok(ProcessingOrder::Partition),
         "unordered" => Ok(ProcessingOrder::Unordered),
-        other => Err(ConfigError::new("SCC_PROCESSING_ORDER", other, "expected key, partition or unordered")),
+        other => Err(ConfigError::new(
+            "SCC_PROCESSING_ORDER",
+            other,
+            "expected key, partition or unordered",
+        )),
     }
 }
 
@@ -351,14 +417,19 @@ fn parse_pause_codes(env: &Env<'_>) -> Result<HashSet<Code>, ConfigError> {
     Ok(codes)
 }
 
-fn parse_kafka_properties(vars: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ConfigError> {
+fn parse_kafka_properties(
+    vars: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut properties = BTreeMap::new();
     for (variable, value) in vars {
         let Some(suffix) = variable.strip_prefix(KAFKA_CFG_PREFIX) else {
             continue;
         };
         let name = suffix.to_ascii_lowercase().replace('_', ".");
-        if let Some((_, owner)) = MANAGED_KAFKA_PROPERTIES.iter().find(|(managed, _)| *managed == name) {
+        if let Some((_, owner)) = MANAGED_KAFKA_PROPERTIES
+            .iter()
+            .find(|(managed, _)| *managed == name)
+        {
             return Err(ConfigError::new(
                 variable,
                 value,
@@ -371,8 +442,16 @@ fn parse_kafka_properties(vars: &BTreeMap<String, String>) -> Result<BTreeMap<St
         probe.set(&name, value);
         if let Err(error) = probe.create_native_config() {
             let reason = error.to_string();
-            let reason = if is_secret_name(&name) { reason.replace(value.as_str(), "[redacted]") } else { reason };
-            return Err(ConfigError::new(variable, value, format!("rejected by librdkafka as {name}: {reason}")));
+            let reason = if is_secret_name(&name) {
+                reason.replace(value.as_str(), "[redacted]")
+            } else {
+                reason
+            };
+            return Err(ConfigError::new(
+                variable,
+                value,
+                format!("rejected by librdkafka as {name}: {reason}"),
+            ));
         }
         properties.insert(name, value.clone());
     }
@@ -444,14 +523,28 @@ mod tests {
 
     #[test]
     fn backoff_max_below_base_is_rejected() {
-        let error = config(&[("SCC_BACKOFF_BASE_MS", "2000"), ("SCC_BACKOFF_MAX_MS", "1000")]).unwrap_err();
+        let error = config(&[
+            ("SCC_BACKOFF_BASE_MS", "2000"),
+            ("SCC_BACKOFF_MAX_MS", "1000"),
+        ])
+        .unwrap_err();
         assert_eq!(error.variable, "SCC_BACKOFF_MAX_MS");
     }
 
     #[test]
     fn kafka_cfg_maps_to_librdkafka_names() {
-        let config = config(&[("KAFKA_CFG_SESSION_TIMEOUT_MS", "6000"), ("KAFKA_CFG_AUTO_OFFSET_RESET", "latest")]).unwrap();
-        assert_eq!(config.kafka_properties.get("session.timeout.ms").map(String::as_str), Some("6000"));
+        let config = config(&[
+            ("KAFKA_CFG_SESSION_TIMEOUT_MS", "6000"),
+            ("KAFKA_CFG_AUTO_OFFSET_RESET", "latest"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config
+                .kafka_properties
+                .get("session.timeout.ms")
+                .map(String::as_str),
+            Some("6000")
+        );
         let consumer = config.consumer_config();
         assert_eq!(consumer.get("auto.offset.reset"), Some("latest"));
         assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
@@ -459,7 +552,11 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        let config = config(&[("KAFKA_CFG_SASL_PASSWORD", "hunter2"), ("KAFKA_CFG_SASL_USERNAME", "alice")]).unwrap();
+        let config = config(&[
+            ("KAFKA_CFG_SASL_PASSWORD", "hunter2"),
+            ("KAFKA_CFG_SASL_USERNAME", "alice"),
+        ])
+        .unwrap();
         let summary = config.summary();
         assert!(!summary.contains("hunter2"), "{summary}");
         assert!(summary.contains("sasl.password=[redacted]"), "{summary}");

@@ -54,7 +54,10 @@ fn main() -> ExitCode {
     }
     telemetry::init_logging(config.log_format);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("kafka-scc: starting the async runtime failed: {error}");
@@ -77,7 +80,10 @@ async fn run(config: Config) -> ExitCode {
     ) {
         Ok(handler) => handler,
         Err(error) => {
-            eprintln!("kafka-scc: invalid configuration: HANDLER_ENDPOINT={:?}: {error}", config.handler_endpoint);
+            eprintln!(
+                "kafka-scc: invalid configuration: HANDLER_ENDPOINT={:?}: {error}",
+                config.handler_endpoint
+            );
             return ExitCode::from(EXIT_INVALID_CONFIG);
         }
     };

@@ -19,7 +19,9 @@ use crate::message::TopicPartition;
 /// `RUST_LOG` (default `info`). Does nothing when a subscriber is already installed.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -80,13 +82,18 @@ impl StatsSnapshot {
 
     /// Committed offset of one partition.
     pub fn committed_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.committed.get(&TopicPartition::new(topic, partition)).copied()
+        self.committed
+            .get(&TopicPartition::new(topic, partition))
+            .copied()
     }
 }
 
 impl Stats {
     pub fn new() -> Stats {
-        Stats { gate_open: AtomicBool::new(true), ..Stats::default() }
+        Stats {
+            gate_open: AtomicBool::new(true),
+            ..Stats::default()
+        }
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -174,7 +181,11 @@ impl Stats {
 
     pub(crate) fn record_assigned(&self, partitions: &[TopicPartition]) {
         self.rebalances.fetch_add(1, Ordering::Relaxed);
-        self.partitions.lock().expect("stats lock poisoned").assigned.extend(partitions.iter().cloned());
+        self.partitions
+            .lock()
+            .expect("stats lock poisoned")
+            .assigned
+            .extend(partitions.iter().cloned());
         self.changed.notify_waiters();
     }
 
@@ -205,14 +216,20 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         });
-        let snapshot = stats.wait_until(Duration::from_secs(5), |s| s.succeeded == 3).await.unwrap();
+        let snapshot = stats
+            .wait_until(Duration::from_secs(5), |s| s.succeeded == 3)
+            .await
+            .unwrap();
         assert_eq!(snapshot.handled(), 3);
     }
 
     #[tokio::test(start_paused = true)]
     async fn wait_until_times_out_with_last_snapshot() {
         let stats = Stats::new();
-        let error = stats.wait_until(Duration::from_secs(1), |s| s.succeeded == 1).await.unwrap_err();
+        let error = stats
+            .wait_until(Duration::from_secs(1), |s| s.succeeded == 1)
+            .await
+            .unwrap_err();
         assert_eq!(error.succeeded, 0);
     }
 

@@ -71,7 +71,11 @@ pub fn classify(failure: &CallFailure, pause_codes: &HashSet<Code>) -> HandlerEr
             if let Some(source) = status.source() {
                 message = format!("{message}: {}", error_chain(source));
             }
-            HandlerError { disposition: Disposition::PauseEligible, code: Some(status.code()), message }
+            HandlerError {
+                disposition: Disposition::PauseEligible,
+                code: Some(status.code()),
+                message,
+            }
         }
         CallFailure::Status(status) => {
             let disposition = if pause_codes.contains(&status.code()) {
@@ -79,7 +83,11 @@ pub fn classify(failure: &CallFailure, pause_codes: &HashSet<Code>) -> HandlerEr
             } else {
                 Disposition::NonPausing
             };
-            HandlerError { disposition, code: Some(status.code()), message: status.message().to_owned() }
+            HandlerError {
+                disposition,
+                code: Some(status.code()),
+                message: status.message().to_owned(),
+            }
         }
     }
 }
@@ -126,7 +134,10 @@ pub fn code_name(code: Code) -> &'static str {
 
 /// Parses a code name, ignoring case.
 pub fn parse_code(name: &str) -> Option<Code> {
-    ALL_CODES.iter().copied().find(|code| code_name(*code).eq_ignore_ascii_case(name))
+    ALL_CODES
+        .iter()
+        .copied()
+        .find(|code| code_name(*code).eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]
@@ -153,19 +164,29 @@ mod tests {
 
     #[test]
     fn own_timeout_is_pause_eligible() {
-        let error = classify(&CallFailure::Timeout(Duration::from_millis(250)), &HashSet::new());
+        let error = classify(
+            &CallFailure::Timeout(Duration::from_millis(250)),
+            &HashSet::new(),
+        );
         assert!(error.is_pause_eligible());
         assert!(error.message.contains("250 ms"), "{}", error.message);
     }
 
     #[test]
     fn transport_error_is_pause_eligible_whatever_code() {
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset by peer");
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        );
         let status = Status::from_error(Box::new(io));
         assert_eq!(status.code(), Code::Unknown);
         let error = classify(&CallFailure::Status(status), &HashSet::new());
         assert!(error.is_pause_eligible());
-        assert!(error.message.contains("connection reset"), "{}", error.message);
+        assert!(
+            error.message.contains("connection reset"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
@@ -182,7 +203,10 @@ mod tests {
         for code in ALL_CODES {
             assert_eq!(parse_code(code_name(*code)), Some(*code));
         }
-        assert_eq!(parse_code("deadline_exceeded"), Some(Code::DeadlineExceeded));
+        assert_eq!(
+            parse_code("deadline_exceeded"),
+            Some(Code::DeadlineExceeded)
+        );
         assert_eq!(parse_code("NOPE"), None);
     }
 }

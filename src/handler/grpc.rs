@@ -68,7 +68,10 @@ impl GrpcHandler {
             headers: message
                 .headers
                 .iter()
-                .map(|header| proto::Header { key: header.key.clone(), value: header.value.clone() })
+                .map(|header| proto::Header {
+                    key: header.key.clone(),
+                    value: header.value.clone(),
+                })
                 .collect(),
             timestamp_ms: message.timestamp_ms,
             timestamp_type: timestamp_type.into(),

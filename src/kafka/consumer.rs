@@ -6,6 +6,12 @@
 //! delay polling past `max.poll.interval.ms`, and the blocking rebalance handshake cannot stall
 //! a runtime worker.
 //!
+//! A second thread makes the pipeline's commits, one at a time and synchronously, and reports
+//! each result as [`Event::Committed`]. rust-rdkafka 0.39 never invokes the commit callback
+//! for asynchronous manual commits (rust-rdkafka issue 856), so an asynchronous commit's
+//! outcome could not be observed; a synchronous commit on its own thread keeps the pipeline
+//! from waiting while still reporting every failure.
+//!
 //! The consumer is closed exactly once, on the poll thread, when the last reference to it is
 //! dropped after the loop ends.
 
@@ -22,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::context::{SidecarContext, describe, offsets_list, partitions_list};
-use super::{Event, KafkaControl};
+use super::{Event, KafkaControl, Offsets};
 use crate::config::Config;
 use crate::message::{Message, TopicPartition};
 
@@ -41,13 +47,24 @@ pub struct KafkaConsumer {
 pub struct ConsumerHandle {
     consumer: Arc<BaseConsumer<SidecarContext>>,
     fetch_paused: Arc<AtomicBool>,
+    commits: std::sync::mpsc::Sender<Offsets>,
 }
 
 impl KafkaConsumer {
     /// Creates the consumer, subscribes to the configured topics and starts the poll thread.
     /// Returns the running consumer, the pipeline's handle on it and the event stream.
-    pub fn start(config: &Config) -> Result<(KafkaConsumer, ConsumerHandle, mpsc::UnboundedReceiver<Event>), KafkaError> {
+    pub fn start(
+        config: &Config,
+    ) -> Result<
+        (
+            KafkaConsumer,
+            ConsumerHandle,
+            mpsc::UnboundedReceiver<Event>,
+        ),
+        KafkaError,
+    > {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let events_tx_for_commits = events_tx.clone();
         let fetch_paused = Arc::new(AtomicBool::new(false));
         let context = SidecarContext {
             events: events_tx.clone(),
@@ -55,7 +72,8 @@ impl KafkaConsumer {
             closing: AtomicBool::new(false),
             revoke_timeout: config.revoke_timeout,
         };
-        let consumer: BaseConsumer<SidecarContext> = config.consumer_config().create_with_context(context)?;
+        let consumer: BaseConsumer<SidecarContext> =
+            config.consumer_config().create_with_context(context)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let consumer = Arc::new(consumer);
@@ -68,11 +86,37 @@ impl KafkaConsumer {
             std::thread::Builder::new()
                 .name("kafka-poll".into())
                 .spawn(move || poll_loop(consumer, events_tx, stop, closed_tx))
-                .map_err(|error| KafkaError::Subscription(format!("starting the poll thread failed: {error}")))?
+                .map_err(|error| {
+                    KafkaError::Subscription(format!("starting the poll thread failed: {error}"))
+                })?
         };
 
-        let handle = ConsumerHandle { consumer, fetch_paused };
-        Ok((KafkaConsumer { stop, closed: closed_rx, thread: Some(thread) }, handle, events_rx))
+        let (commits, commit_requests) = std::sync::mpsc::channel();
+        {
+            let consumer = consumer.clone();
+            let events = events_tx_for_commits;
+            std::thread::Builder::new()
+                .name("kafka-commit".into())
+                .spawn(move || commit_loop(consumer, commit_requests, events))
+                .map_err(|error| {
+                    KafkaError::Subscription(format!("starting the commit thread failed: {error}"))
+                })?;
+        }
+
+        let handle = ConsumerHandle {
+            consumer,
+            fetch_paused,
+            commits,
+        };
+        Ok((
+            KafkaConsumer {
+                stop,
+                closed: closed_rx,
+                thread: Some(thread),
+            },
+            handle,
+            events_rx,
+        ))
     }
 
     /// Stops polling and closes the consumer, waiting at most `timeout`. Returns false when the
@@ -82,7 +126,9 @@ impl KafkaConsumer {
     /// last reference goes.
     pub async fn close(mut self, timeout: Duration) -> bool {
         self.stop.store(true, Ordering::Release);
-        let closed = tokio::time::timeout(timeout, &mut self.closed).await.is_ok();
+        let closed = tokio::time::timeout(timeout, &mut self.closed)
+            .await
+            .is_ok();
         if closed && let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -121,12 +167,30 @@ fn poll_loop(
     info!("closing the Kafka consumer");
     consumer.context().closing.store(true, Ordering::Release);
     if Arc::strong_count(&consumer) > 1 {
-        warn!("the consumer is still referenced elsewhere; it closes when the last reference is dropped");
+        warn!(
+            "the consumer is still referenced elsewhere; it closes when the last reference is dropped"
+        );
     }
     // Dropping the last reference leaves the group and destroys the client.
     drop(consumer);
     info!("Kafka consumer closed");
     let _ = closed.send(());
+}
+
+/// Makes each requested commit synchronously, in request order, until the pipeline drops its
+/// handle.
+fn commit_loop(
+    consumer: Arc<BaseConsumer<SidecarContext>>,
+    requests: std::sync::mpsc::Receiver<Offsets>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    for offsets in requests {
+        let result =
+            offsets_list(&offsets).and_then(|list| consumer.commit(&list, CommitMode::Sync));
+        if events.send(Event::Committed { result, offsets }).is_err() {
+            break;
+        }
+    }
 }
 
 impl KafkaControl for ConsumerHandle {
@@ -149,8 +213,9 @@ impl KafkaControl for ConsumerHandle {
     }
 
     fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), KafkaError> {
-        let list = offsets_list(offsets)?;
-        self.consumer.commit(&list, CommitMode::Async)
+        self.commits
+            .send(offsets.to_vec())
+            .map_err(|_| KafkaError::Subscription("the commit thread has stopped".to_owned()))
     }
 
     fn set_fetch_paused(&self, paused: bool) {

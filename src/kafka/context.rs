@@ -1,5 +1,5 @@
 //! The librdkafka consumer context: routes librdkafka's logs and errors into tracing, and turns
-//! rebalance and commit callbacks into pipeline events.
+//! rebalance callbacks into pipeline events.
 //!
 //! Callbacks run on the poll thread, inside `poll`. The revocation callback is the only one
 //! that waits: for the pipeline's offsets (bounded by the revoke timeout) and for their
@@ -18,7 +18,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, info, warn};
 
-use super::{Event, Offsets};
+use super::Event;
 use crate::message::TopicPartition;
 
 /// Extra time the revocation callback waits beyond the pipeline's own revoke timeout before it
@@ -38,11 +38,16 @@ pub(crate) struct SidecarContext {
 impl ClientContext for SidecarContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
                 error!(target: "librdkafka", facility, "{message}")
             }
             RDKafkaLogLevel::Warning => warn!(target: "librdkafka", facility, "{message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => info!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                info!(target: "librdkafka", facility, "{message}")
+            }
             RDKafkaLogLevel::Debug => debug!(target: "librdkafka", facility, "{message}"),
         }
     }
@@ -64,7 +69,14 @@ impl ConsumerContext for SidecarContext {
         }
 
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        if self.events.send(Event::Revoked { partitions: partitions.clone(), reply }).is_err() {
+        if self
+            .events
+            .send(Event::Revoked {
+                partitions: partitions.clone(),
+                reply,
+            })
+            .is_err()
+        {
             return;
         }
         let offsets = match answer.recv_timeout(self.revoke_timeout + REVOKE_REPLY_SLACK) {
@@ -78,11 +90,14 @@ impl ConsumerContext for SidecarContext {
             return;
         }
 
-        let result = offsets_list(&offsets).and_then(|list| consumer.commit(&list, CommitMode::Sync));
+        let result =
+            offsets_list(&offsets).and_then(|list| consumer.commit(&list, CommitMode::Sync));
         if let Err(error) = &result {
             warn!(%error, offsets = %describe_offsets(&offsets), "commit during revocation failed; the next owner may handle these messages again");
         }
-        let _ = self.events.send(Event::RevocationCommitted { result, offsets });
+        let _ = self
+            .events
+            .send(Event::RevocationCommitted { result, offsets });
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -91,7 +106,11 @@ impl ConsumerContext for SidecarContext {
                 // Pause state is kafka-scc's own: apply it to the new partitions whatever the
                 // client library kept from an earlier assignment.
                 let paused = self.fetch_paused.load(Ordering::Acquire);
-                let applied = if paused { consumer.pause(list) } else { consumer.resume(list) };
+                let applied = if paused {
+                    consumer.pause(list)
+                } else {
+                    consumer.resume(list)
+                };
                 if let Err(error) = applied {
                     warn!(%error, paused, "applying the pause state to assigned partitions failed");
                 }
@@ -102,30 +121,23 @@ impl ConsumerContext for SidecarContext {
             Rebalance::Error(error) => error!(%error, "rebalance failed"),
         }
     }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        let offsets: Offsets = offsets
-            .elements()
-            .iter()
-            .filter_map(|element| match element.offset() {
-                Offset::Offset(offset) => {
-                    Some((TopicPartition::new(element.topic(), element.partition()), offset))
-                }
-                _ => None,
-            })
-            .collect();
-        let _ = self.events.send(Event::Committed { result, offsets });
-    }
 }
 
 pub(crate) fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
-    list.elements().iter().map(|element| TopicPartition::new(element.topic(), element.partition())).collect()
+    list.elements()
+        .iter()
+        .map(|element| TopicPartition::new(element.topic(), element.partition()))
+        .collect()
 }
 
 pub(crate) fn offsets_list(offsets: &[(TopicPartition, i64)]) -> KafkaResult<TopicPartitionList> {
     let mut list = TopicPartitionList::with_capacity(offsets.len());
     for (partition, offset) in offsets {
-        list.add_partition_offset(&partition.topic, partition.partition, Offset::Offset(*offset))?;
+        list.add_partition_offset(
+            &partition.topic,
+            partition.partition,
+            Offset::Offset(*offset),
+        )?;
     }
     Ok(list)
 }
@@ -139,9 +151,17 @@ pub(crate) fn partitions_list(partitions: &[TopicPartition]) -> TopicPartitionLi
 }
 
 pub(crate) fn describe(partitions: &[TopicPartition]) -> String {
-    partitions.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    partitions
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub(crate) fn describe_offsets(offsets: &[(TopicPartition, i64)]) -> String {
-    offsets.iter().map(|(partition, offset)| format!("{partition}@{offset}")).collect::<Vec<_>>().join(",")
+    offsets
+        .iter()
+        .map(|(partition, offset)| format!("{partition}@{offset}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }

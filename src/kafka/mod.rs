@@ -25,26 +25,38 @@ pub enum Event {
     Fetched(Message),
     /// Partitions were added to the assignment. `paused` says whether the poll thread already
     /// paused them because fetching was paused when they arrived.
-    Assigned { partitions: Vec<TopicPartition>, paused: bool },
+    Assigned {
+        partitions: Vec<TopicPartition>,
+        paused: bool,
+    },
     /// Partitions are being revoked. The poll thread waits, bounded, for the pipeline to send
     /// the offsets to commit for them through `reply`, commits those synchronously, and only
     /// then lets the revocation complete.
-    Revoked { partitions: Vec<TopicPartition>, reply: SyncSender<Offsets> },
-    /// An asynchronous commit finished.
-    Committed { result: Result<(), KafkaError>, offsets: Offsets },
+    Revoked {
+        partitions: Vec<TopicPartition>,
+        reply: SyncSender<Offsets>,
+    },
+    /// A commit requested through [`KafkaControl::commit`] finished.
+    Committed {
+        result: Result<(), KafkaError>,
+        offsets: Offsets,
+    },
     /// A synchronous commit made during a revocation finished.
-    RevocationCommitted { result: Result<(), KafkaError>, offsets: Offsets },
+    RevocationCommitted {
+        result: Result<(), KafkaError>,
+        offsets: Offsets,
+    },
     /// The consumer reported an error while polling.
     ConsumerError(KafkaError),
 }
 
 /// The pipeline's handle on the consumer. Every call returns at once: pausing and resuming are
-/// local operations of librdkafka, and commits are asynchronous, reported by
-/// [`Event::Committed`].
+/// local operations of librdkafka, and commits are queued to a commit thread that reports each
+/// result as [`Event::Committed`].
 pub trait KafkaControl: Send + 'static {
     fn pause(&self, partitions: &[TopicPartition]);
     fn resume(&self, partitions: &[TopicPartition]);
-    /// Starts an asynchronous commit of `offsets`.
+    /// Queues a commit of `offsets`; commits are made one at a time, in the order queued.
     fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), KafkaError>;
     /// Tells the poll thread whether partitions assigned from now on start paused.
     fn set_fetch_paused(&self, paused: bool);

@@ -86,7 +86,7 @@ struct Completion {
     probe: bool,
 }
 
-/// An async commit waiting for its callback, with the generation of each partition at the
+/// A commit waiting for its result, with the generation of each partition at the
 /// time it was sent.
 struct CommitInFlight {
     offsets: Vec<(TopicPartition, i64, u64)>,
@@ -146,7 +146,11 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
     /// Runs until `shutdown` completes or the poll thread stops, then drains: in-flight calls
     /// get until `shutdown_timeout` × 0.6 after the signal, the final commit until × 0.8, which
     /// leaves the rest for closing the consumer.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>, shutdown_timeout: Duration) -> ShutdownReport {
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+        shutdown_timeout: Duration,
+    ) -> ShutdownReport {
         let mut commit_timer = tokio::time::interval(self.settings.commit_interval);
         commit_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -155,7 +159,11 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
 
         loop {
             let retry_at = self.retries.deadline();
-            let revoke_at = self.revocations.iter().map(|revocation| revocation.deadline).min();
+            let revoke_at = self
+                .revocations
+                .iter()
+                .map(|revocation| revocation.deadline)
+                .min();
 
             // Biased: timers come before results and fetched messages because they are rare
             // and would otherwise starve under a steady stream of messages.
@@ -233,12 +241,28 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
 
         state.buffered += 1;
         let generation = state.generation;
-        let key = LaneKey::for_message(self.settings.processing_order, message.key.as_ref(), message.offset);
-        let lane = LaneId { partition: partition.clone(), key };
+        let key = LaneKey::for_message(
+            self.settings.processing_order,
+            message.key.as_ref(),
+            message.offset,
+        );
+        let lane = LaneId {
+            partition: partition.clone(),
+            key,
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         self.stats.record_fetched();
-        self.scheduler.push(lane.clone(), Pending { message: Arc::new(message), lane, generation, seq, attempt: 0 });
+        self.scheduler.push(
+            lane.clone(),
+            Pending {
+                message: Arc::new(message),
+                lane,
+                generation,
+                seq,
+                attempt: 0,
+            },
+        );
         self.reconcile_pause(&partition);
     }
 
@@ -250,7 +274,8 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             }
             let generation = self.next_generation;
             self.next_generation += 1;
-            self.partitions.insert(partition.clone(), PartitionState::new(generation, paused));
+            self.partitions
+                .insert(partition.clone(), PartitionState::new(generation, paused));
         }
         info!(partitions = %describe(&partitions), paused, "partitions assigned");
         self.stats.record_assigned(&partitions);
@@ -270,7 +295,11 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         (queued, retries)
     }
 
-    fn begin_revocation(&mut self, partitions: Vec<TopicPartition>, reply: std::sync::mpsc::SyncSender<Offsets>) {
+    fn begin_revocation(
+        &mut self,
+        partitions: Vec<TopicPartition>,
+        reply: std::sync::mpsc::SyncSender<Offsets>,
+    ) {
         let mut dropped_retries = 0;
         for partition in &partitions {
             let (_, retries) = self.forget_partition(partition);
@@ -284,7 +313,11 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             "revocation started; waiting for in-flight calls of the revoked partitions"
         );
         let deadline = Instant::now() + self.settings.revoke_timeout;
-        self.revocations.push(Revocation { partitions, reply, deadline });
+        self.revocations.push(Revocation {
+            partitions,
+            reply,
+            deadline,
+        });
     }
 
     /// Completes every revocation whose partitions have no call in flight, or whose deadline
@@ -293,8 +326,12 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         let mut index = 0;
         while index < self.revocations.len() {
             let revocation = &self.revocations[index];
-            let busy: usize =
-                revocation.partitions.iter().filter_map(|partition| self.partitions.get(partition)).map(|state| state.in_flight).sum();
+            let busy: usize = revocation
+                .partitions
+                .iter()
+                .filter_map(|partition| self.partitions.get(partition))
+                .map(|state| state.in_flight)
+                .sum();
             if busy > 0 && now < revocation.deadline {
                 index += 1;
                 continue;
@@ -306,7 +343,10 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                 .iter()
                 .filter_map(|partition| {
                     let state = self.partitions.remove(partition)?;
-                    state.tracker.commit_candidate().map(|offset| (partition.clone(), offset))
+                    state
+                        .tracker
+                        .commit_candidate()
+                        .map(|offset| (partition.clone(), offset))
                 })
                 .collect();
             if busy > 0 {
@@ -334,7 +374,11 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
     }
 
     fn on_completion(&mut self, completion: Completion) {
-        let Completion { pending, result, probe } = completion;
+        let Completion {
+            pending,
+            result,
+            probe,
+        } = completion;
         self.in_flight -= 1;
         if probe {
             self.retries.probe_ended();
@@ -342,7 +386,11 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
 
         let message = &pending.message;
         let partition = &pending.lane.partition;
-        let Some(state) = self.partitions.get_mut(partition).filter(|state| state.generation == pending.generation) else {
+        let Some(state) = self
+            .partitions
+            .get_mut(partition)
+            .filter(|state| state.generation == pending.generation)
+        else {
             debug!(
                 topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = %message.trace_id,
                 "result for a partition no longer owned by this assignment; discarded"
@@ -412,7 +460,11 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
 
     fn open_gate(&mut self) {
         if let Some(closed_for) = self.gate.open(Instant::now()) {
-            info!(closed_ms = closed_for.as_millis() as u64, retries_waiting = self.retries.len(), "gate opened: resuming fetching");
+            info!(
+                closed_ms = closed_for.as_millis() as u64,
+                retries_waiting = self.retries.len(),
+                "gate opened: resuming fetching"
+            );
             self.stats.record_gate(true);
             self.control.set_fetch_paused(false);
             self.reconcile_all_pauses();
@@ -478,15 +530,25 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         let handler = self.handler.clone();
         self.workers.spawn(async move {
             let call = handler.handle(&pending.message, pending.attempt);
-            let result = AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|panic| {
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(|text| (*text).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned());
-                Err(HandlerError::non_pausing(Some(Code::Internal), format!("handler panicked: {text}")))
-            });
-            Completion { pending, result, probe }
+            let result = AssertUnwindSafe(call)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    let text = panic
+                        .downcast_ref::<&str>()
+                        .map(|text| (*text).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".to_owned());
+                    Err(HandlerError::non_pausing(
+                        Some(Code::Internal),
+                        format!("handler panicked: {text}"),
+                    ))
+                });
+            Completion {
+                pending,
+                result,
+                probe,
+            }
         });
     }
 
@@ -521,7 +583,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         self.control.resume(&resume);
     }
 
-    /// Starts an async commit of every partition whose committable offset moved, unless a
+    /// Queues a commit of every partition whose committable offset moved, unless a
     /// commit is already in flight: one at a time keeps commits in order, so a late failure
     /// can never follow a newer success. Returns whether a commit was started.
     fn commit_finished(&mut self) -> bool {
@@ -533,14 +595,20 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             .iter()
             .filter(|(_, state)| !state.revoking)
             .filter_map(|(partition, state)| {
-                state.tracker.commit_candidate().map(|offset| (partition.clone(), offset, state.generation))
+                state
+                    .tracker
+                    .commit_candidate()
+                    .map(|offset| (partition.clone(), offset, state.generation))
             })
             .collect();
         if offsets.is_empty() {
             return false;
         }
 
-        let plain: Offsets = offsets.iter().map(|(partition, offset, _)| (partition.clone(), *offset)).collect();
+        let plain: Offsets = offsets
+            .iter()
+            .map(|(partition, offset, _)| (partition.clone(), *offset))
+            .collect();
         match self.control.commit(&plain) {
             Ok(()) => {
                 debug!(offsets = %describe_offsets(&plain), "commit sent");
@@ -558,10 +626,13 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
     fn on_committed(&mut self, result: Result<(), rdkafka::error::KafkaError>, offsets: Offsets) {
         let ours = self.commit_in_flight.as_ref().is_some_and(|in_flight| {
             in_flight.offsets.len() == offsets.len()
-                && in_flight.offsets.iter().all(|(p, o, _)| offsets.iter().any(|(q, n)| p == q && o == n))
+                && in_flight
+                    .offsets
+                    .iter()
+                    .all(|(p, o, _)| offsets.iter().any(|(q, n)| p == q && o == n))
         });
         if !ours {
-            // A commit made during a revocation, reported a second time by librdkafka.
+            debug!(ok = result.is_ok(), offsets = %describe_offsets(&offsets), "commit result for a commit not in flight");
             if result.is_ok() {
                 self.stats.record_committed(&offsets);
             }
@@ -572,7 +643,11 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         match result {
             Ok(()) => {
                 for (partition, offset, generation) in &in_flight.offsets {
-                    if let Some(state) = self.partitions.get_mut(partition).filter(|state| state.generation == *generation) {
+                    if let Some(state) = self
+                        .partitions
+                        .get_mut(partition)
+                        .filter(|state| state.generation == *generation)
+                    {
                         state.tracker.mark_committed(*offset);
                     }
                 }
@@ -587,9 +662,17 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
 }
 
 pub(crate) fn describe(partitions: &[TopicPartition]) -> String {
-    partitions.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    partitions
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub(crate) fn describe_offsets(offsets: &[(TopicPartition, i64)]) -> String {
-    offsets.iter().map(|(partition, offset)| format!("{partition}@{offset}")).collect::<Vec<_>>().join(",")
+    offsets
+        .iter()
+        .map(|(partition, offset)| format!("{partition}@{offset}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }

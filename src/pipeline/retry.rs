@@ -33,7 +33,12 @@ pub(super) struct Retries {
 
 impl Retries {
     pub(super) fn new(backoff: Backoff) -> Retries {
-        Retries { failed: BTreeMap::new(), probe: Probe::Idle, round: 0, backoff }
+        Retries {
+            failed: BTreeMap::new(),
+            probe: Probe::Idle,
+            round: 0,
+            backoff,
+        }
     }
 
     pub(super) fn add(&mut self, pending: Pending) {
@@ -108,7 +113,8 @@ impl Retries {
     /// Drops the failed messages of a partition; returns how many.
     pub(super) fn remove_partition(&mut self, partition: &TopicPartition) -> usize {
         let before = self.failed.len();
-        self.failed.retain(|_, pending| &pending.lane.partition != partition);
+        self.failed
+            .retain(|_, pending| &pending.lane.partition != partition);
         before - self.failed.len()
     }
 

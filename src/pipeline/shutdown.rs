@@ -42,7 +42,10 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         for state in self.partitions.values_mut() {
             state.buffered = 0;
         }
-        info!(in_flight = self.in_flight, uncommitted_retries, unsent, "shutting down: waiting for in-flight handler calls");
+        info!(
+            in_flight = self.in_flight,
+            uncommitted_retries, unsent, "shutting down: waiting for in-flight handler calls"
+        );
 
         while self.in_flight > 0 {
             tokio::select! {
@@ -58,7 +61,10 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         }
         let abandoned_in_flight = self.in_flight;
         if abandoned_in_flight > 0 {
-            warn!(abandoned_in_flight, "shutdown timeout reached with handler calls in flight; their messages stay uncommitted");
+            warn!(
+                abandoned_in_flight,
+                "shutdown timeout reached with handler calls in flight; their messages stay uncommitted"
+            );
         }
         self.workers.abort_all();
         for revocation in &mut self.revocations {
@@ -71,7 +77,12 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         let committed: Vec<_> = committed.into_iter().collect();
         info!(committed = %describe_offsets(&committed), final_commit_done, "pipeline stopped");
 
-        ShutdownReport { abandoned_in_flight, uncommitted_retries, final_commit_done, poll_thread_stopped: false }
+        ShutdownReport {
+            abandoned_in_flight,
+            uncommitted_retries,
+            final_commit_done,
+            poll_thread_stopped: false,
+        }
     }
 
     /// Commits the contiguous finished offsets and waits for the acknowledgement, after any
@@ -106,6 +117,8 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
 
     /// Whether every owned partition's committable offset is committed.
     fn stats_commit_matches(&self) -> bool {
-        self.partitions.values().all(|state| state.tracker.commit_candidate().is_none())
+        self.partitions
+            .values()
+            .all(|state| state.tracker.commit_candidate().is_none())
     }
 }
