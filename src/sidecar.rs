@@ -18,14 +18,14 @@ use crate::telemetry::{Stats, StatsSnapshot};
 /// The smallest time given to closing the consumer, even when draining used up the timeout.
 const MIN_CLOSE_TIME: Duration = Duration::from_millis(100);
 
-/// Why a sidecar could not start.
+/// An error that stops a sidecar from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("creating the Kafka consumer failed: {0}")]
     Kafka(#[from] KafkaError),
 }
 
-/// How a run ended.
+/// The outcome of a run.
 #[derive(Debug, Clone)]
 pub struct Summary {
     pub report: ShutdownReport,
@@ -60,7 +60,8 @@ impl<H: Handler> Sidecar<H> {
         self
     }
 
-    /// The live counters of this sidecar; valid before, during and after [`Sidecar::run`].
+    /// Returns the live counters of this sidecar, which stay valid before, during and after
+    /// [`Sidecar::run`].
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
     }

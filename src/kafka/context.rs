@@ -22,7 +22,7 @@ use super::Event;
 use crate::message::TopicPartition;
 
 /// Extra time the revocation callback waits beyond the pipeline's own revoke timeout before it
-/// gives up on the pipeline's answer.
+/// gives up on the pipeline's reply.
 const REVOKE_REPLY_SLACK: Duration = Duration::from_secs(5);
 
 pub(crate) struct SidecarContext {

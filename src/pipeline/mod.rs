@@ -676,3 +676,6 @@ pub(crate) fn describe_offsets(offsets: &[(TopicPartition, i64)]) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+#[cfg(test)]
+mod tests;

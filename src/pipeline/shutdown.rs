@@ -14,7 +14,7 @@ use crate::dispatch::Scheduler;
 use crate::handler::Handler;
 use crate::kafka::KafkaControl;
 
-/// What the pipeline left behind when it stopped.
+/// The state the pipeline left behind when it stopped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
     /// Handler calls still running at the drain deadline; their messages are uncommitted.
@@ -115,7 +115,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         }
     }
 
-    /// Whether every owned partition's committable offset is committed.
+    /// Returns true when every owned partition's committable offset is committed.
     fn stats_commit_matches(&self) -> bool {
         self.partitions
             .values()
