@@ -31,19 +31,13 @@ impl Backoff {
     }
 
     fn with_rng(base: Duration, max: Duration, rng: SmallRng) -> Backoff {
-        Backoff {
-            base,
-            max: max.max(base),
-            rng,
-        }
+        Backoff { base, max: max.max(base), rng }
     }
 
     /// The upper bound of the delay before `attempt` (1-based): `min(max, base * 2^(attempt-1))`.
     pub fn ceiling(&self, attempt: u32) -> Duration {
         let exponent = attempt.saturating_sub(1).min(32);
-        self.base
-            .saturating_mul(1u32 << exponent.min(31))
-            .min(self.max)
+        self.base.saturating_mul(1u32 << exponent.min(31)).min(self.max)
     }
 
     /// Draws the delay before `attempt` (1-based), uniformly from zero to its ceiling.
@@ -66,10 +60,7 @@ mod tests {
     fn ceiling_doubles_until_max() {
         let backoff = Backoff::new(ms(500), ms(10_000));
         let ceilings: Vec<u128> = (1..=8).map(|n| backoff.ceiling(n).as_millis()).collect();
-        assert_eq!(
-            ceilings,
-            vec![500, 1_000, 2_000, 4_000, 8_000, 10_000, 10_000, 10_000]
-        );
+        assert_eq!(ceilings, vec![500, 1_000, 2_000, 4_000, 8_000, 10_000, 10_000, 10_000]);
     }
 
     #[test]
@@ -83,10 +74,7 @@ mod tests {
         let mut backoff = Backoff::with_seed(ms(100), ms(3_000), 7);
         for attempt in 1..=50 {
             let delay = backoff.delay(attempt);
-            assert!(
-                delay <= backoff.ceiling(attempt),
-                "attempt {attempt}: {delay:?}"
-            );
+            assert!(delay <= backoff.ceiling(attempt), "attempt {attempt}: {delay:?}");
         }
     }
 

@@ -24,10 +24,7 @@ const MANAGED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "KAFKA_BROKERS"),
     ("group.id", "KAFKA_GROUP_ID"),
     ("enable.auto.commit", "nothing: kafka-scc commits itself"),
-    (
-        "enable.auto.offset.store",
-        "nothing: kafka-scc stores offsets itself",
-    ),
+    ("enable.auto.offset.store", "nothing: kafka-scc stores offsets itself"),
 ];
 
 /// The order in which messages of one partition may be handled concurrently.
@@ -86,6 +83,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `SCC_COMMIT_INTERVAL_MS`: how often finished offsets are committed.
     pub commit_interval: Duration,
+    /// `SCC_COMMIT_UNHEALTHY_AFTER_MS`: how long commits may keep failing before the health
+    /// state reports them as failing.
+    pub commit_unhealthy_after: Duration,
     /// `SCC_REVOKE_TIMEOUT_MS`: how long a revocation waits for the revoked partitions'
     /// in-flight calls before it commits what is finished.
     pub revoke_timeout: Duration,
@@ -112,16 +112,8 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(variable: &str, value: &str, expected: impl Into<String>) -> Self {
-        let value = if is_secret_name(variable) {
-            "[redacted]"
-        } else {
-            value
-        };
-        ConfigError {
-            variable: variable.to_owned(),
-            value: value.to_owned(),
-            expected: expected.into(),
-        }
+        let value = if is_secret_name(variable) { "[redacted]" } else { value };
+        ConfigError { variable: variable.to_owned(), value: value.to_owned(), expected: expected.into() }
     }
 }
 
@@ -129,16 +121,9 @@ impl ConfigError {
 /// private keys.
 pub fn is_secret_name(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "private.key",
-        "private_key",
-        "ssl.key.pem",
-        "ssl_key_pem",
-    ]
-    .iter()
-    .any(|word| name.contains(word))
+    ["password", "secret", "private.key", "private_key", "ssl.key.pem", "ssl_key_pem"]
+        .iter()
+        .any(|word| name.contains(word))
         || name.ends_with("sasl.oauthbearer.config")
         || name.ends_with("sasl_oauthbearer_config")
 }
@@ -157,27 +142,16 @@ impl Config {
         K: Into<String>,
         V: Into<String>,
     {
-        let vars: BTreeMap<String, String> = vars
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
+        let vars: BTreeMap<String, String> = vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         let env = Env(&vars);
 
         let brokers = env.string("KAFKA_BROKERS", "localhost:9094")?;
         if brokers.trim().is_empty() {
-            return Err(ConfigError::new(
-                "KAFKA_BROKERS",
-                &brokers,
-                "expected host:port[,host:port...]",
-            ));
+            return Err(ConfigError::new("KAFKA_BROKERS", &brokers, "expected host:port[,host:port...]"));
         }
         let group_id = env.string("KAFKA_GROUP_ID", "event-processor-group")?;
         if group_id.trim().is_empty() {
-            return Err(ConfigError::new(
-                "KAFKA_GROUP_ID",
-                &group_id,
-                "expected a non-empty group id",
-            ));
+            return Err(ConfigError::new("KAFKA_GROUP_ID", &group_id, "expected a non-empty group id"));
         }
         let topics = parse_topics(&env)?;
         let handler_endpoint = parse_endpoint(&env)?;
@@ -193,26 +167,20 @@ impl Config {
             return Err(ConfigError::new(
                 "SCC_BACKOFF_MAX_MS",
                 value,
-                format!(
-                    "expected a value no smaller than SCC_BACKOFF_BASE_MS ({} ms)",
-                    backoff_base.as_millis()
-                ),
+                format!("expected a value no smaller than SCC_BACKOFF_BASE_MS ({} ms)", backoff_base.as_millis()),
             ));
         }
         let handler_timeout = env.millis("SCC_HANDLER_TIMEOUT_MS", 30_000, 1, 3_600_000)?;
         let shutdown_timeout = env.millis("SCC_SHUTDOWN_TIMEOUT_MS", 25_000, 100, 3_600_000)?;
         let commit_interval = env.millis("SCC_COMMIT_INTERVAL_MS", 500, 1, 600_000)?;
+        let commit_unhealthy_after = env.millis("SCC_COMMIT_UNHEALTHY_AFTER_MS", 30_000, 1, 3_600_000)?;
         let revoke_timeout = env.millis("SCC_REVOKE_TIMEOUT_MS", 10_000, 0, 3_600_000)?;
         let partition_buffer = env.integer("SCC_PARTITION_BUFFER", 1_000, 1, 1_000_000)? as usize;
         let log_format = match env.get("SCC_LOG_FORMAT").unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
-                return Err(ConfigError::new(
-                    "SCC_LOG_FORMAT",
-                    other,
-                    "expected text or json",
-                ));
+                return Err(ConfigError::new("SCC_LOG_FORMAT", other, "expected text or json"));
             }
         };
         let kafka_properties = parse_kafka_properties(&vars)?;
@@ -230,6 +198,7 @@ impl Config {
             handler_timeout,
             shutdown_timeout,
             commit_interval,
+            commit_unhealthy_after,
             revoke_timeout,
             partition_buffer,
             log_format,
@@ -258,18 +227,14 @@ impl Config {
     /// values replaced by `[redacted]`.
     pub fn summary(&self) -> String {
         let codes: Vec<&str> = {
-            let mut codes: Vec<&str> = self
-                .pause_codes
-                .iter()
-                .map(|code| code_name(*code))
-                .collect();
+            let mut codes: Vec<&str> = self.pause_codes.iter().map(|code| code_name(*code)).collect();
             codes.sort_unstable();
             codes
         };
         let mut line = format!(
             "brokers={} group_id={} topics={} handler={} max_in_flight={} order={} pause_codes={} \
              backoff_base_ms={} backoff_max_ms={} handler_timeout_ms={} shutdown_timeout_ms={} \
-             commit_interval_ms={} revoke_timeout_ms={} partition_buffer={}",
+             commit_interval_ms={} commit_unhealthy_after_ms={} revoke_timeout_ms={} partition_buffer={}",
             self.brokers,
             self.group_id,
             self.topics.join(","),
@@ -282,15 +247,12 @@ impl Config {
             self.handler_timeout.as_millis(),
             self.shutdown_timeout.as_millis(),
             self.commit_interval.as_millis(),
+            self.commit_unhealthy_after.as_millis(),
             self.revoke_timeout.as_millis(),
             self.partition_buffer,
         );
         for (name, value) in &self.kafka_properties {
-            let shown = if is_secret_name(name) {
-                "[redacted]"
-            } else {
-                value.as_str()
-            };
+            let shown = if is_secret_name(name) { "[redacted]" } else { value.as_str() };
             line.push_str(&format!(" {name}={shown}"));
         }
         line
@@ -315,31 +277,19 @@ impl Env<'_> {
         };
         match raw.trim().parse::<u64>() {
             Ok(value) if (min..=max).contains(&value) => Ok(value),
-            _ => Err(ConfigError::new(
-                name,
-                raw,
-                format!("expected a whole number from {min} to {max}"),
-            )),
+            _ => Err(ConfigError::new(name, raw, format!("expected a whole number from {min} to {max}"))),
         }
     }
 
-    fn millis(
-        &self,
-        name: &str,
-        default: u64,
-        min: u64,
-        max: u64,
-    ) -> Result<Duration, ConfigError> {
+    fn millis(&self, name: &str, default: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
         let Some(raw) = self.get(name) else {
             return Ok(Duration::from_millis(default));
         };
         match raw.trim().parse::<u64>() {
             Ok(value) if (min..=max).contains(&value) => Ok(Duration::from_millis(value)),
-            _ => Err(ConfigError::new(
-                name,
-                raw,
-                format!("expected a whole number of milliseconds from {min} to {max}"),
-            )),
+            _ => {
+                Err(ConfigError::new(name, raw, format!("expected a whole number of milliseconds from {min} to {max}")))
+            }
         }
     }
 }
@@ -352,16 +302,11 @@ fn parse_topics(env: &Env<'_>) -> Result<Vec<String>, ConfigError> {
             "missing: expected a topic name or a comma list of topic names",
         ));
     };
-    let topics: Vec<String> = raw
-        .split(',')
-        .map(|topic| topic.trim().to_owned())
-        .collect();
+    let topics: Vec<String> = raw.split(',').map(|topic| topic.trim().to_owned()).collect();
     let valid = |topic: &String| {
         !topic.is_empty()
             && topic.len() <= 249
-            && topic
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
     };
     if topics.iter().all(valid) {
         Ok(topics)
@@ -377,9 +322,7 @@ fn parse_topics(env: &Env<'_>) -> Result<Vec<String>, ConfigError> {
 fn parse_endpoint(env: &Env<'_>) -> Result<String, ConfigError> {
     let raw = env.string("HANDLER_ENDPOINT", "http://127.0.0.1:50051")?;
     let expected = "expected an http:// URI with a host and a port, such as http://127.0.0.1:50051";
-    let uri: tonic::transport::Uri = raw
-        .parse()
-        .map_err(|_| ConfigError::new("HANDLER_ENDPOINT", &raw, expected))?;
+    let uri: tonic::transport::Uri = raw.parse().map_err(|_| ConfigError::new("HANDLER_ENDPOINT", &raw, expected))?;
     // NOTE: TLS (https://) and Unix domain sockets are not supported yet.
     if uri.scheme_str() != Some("http") || uri.host().is_none() {
         return Err(ConfigError::new("HANDLER_ENDPOINT", &raw, expected));
@@ -392,11 +335,7 @@ fn parse_processing_order(env: &Env<'_>) -> Result<ProcessingOrder, ConfigError>
         "key" => Ok(ProcessingOrder::Key),
         "partition" => Ok(ProcessingOrder::Partition),
         "unordered" => Ok(ProcessingOrder::Unordered),
-        other => Err(ConfigError::new(
-            "SCC_PROCESSING_ORDER",
-            other,
-            "expected key, partition or unordered",
-        )),
+        other => Err(ConfigError::new("SCC_PROCESSING_ORDER", other, "expected key, partition or unordered")),
     }
 }
 
@@ -417,19 +356,14 @@ fn parse_pause_codes(env: &Env<'_>) -> Result<HashSet<Code>, ConfigError> {
     Ok(codes)
 }
 
-fn parse_kafka_properties(
-    vars: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, ConfigError> {
+fn parse_kafka_properties(vars: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut properties = BTreeMap::new();
     for (variable, value) in vars {
         let Some(suffix) = variable.strip_prefix(KAFKA_CFG_PREFIX) else {
             continue;
         };
         let name = suffix.to_ascii_lowercase().replace('_', ".");
-        if let Some((_, owner)) = MANAGED_KAFKA_PROPERTIES
-            .iter()
-            .find(|(managed, _)| *managed == name)
-        {
+        if let Some((_, owner)) = MANAGED_KAFKA_PROPERTIES.iter().find(|(managed, _)| *managed == name) {
             return Err(ConfigError::new(
                 variable,
                 value,
@@ -442,16 +376,8 @@ fn parse_kafka_properties(
         probe.set(&name, value);
         if let Err(error) = probe.create_native_config() {
             let reason = error.to_string();
-            let reason = if is_secret_name(&name) {
-                reason.replace(value.as_str(), "[redacted]")
-            } else {
-                reason
-            };
-            return Err(ConfigError::new(
-                variable,
-                value,
-                format!("rejected by librdkafka as {name}: {reason}"),
-            ));
+            let reason = if is_secret_name(&name) { reason.replace(value.as_str(), "[redacted]") } else { reason };
+            return Err(ConfigError::new(variable, value, format!("rejected by librdkafka as {name}: {reason}")));
         }
         properties.insert(name, value.clone());
     }
@@ -523,28 +449,15 @@ mod tests {
 
     #[test]
     fn backoff_max_below_base_is_rejected() {
-        let error = config(&[
-            ("SCC_BACKOFF_BASE_MS", "2000"),
-            ("SCC_BACKOFF_MAX_MS", "1000"),
-        ])
-        .unwrap_err();
+        let error = config(&[("SCC_BACKOFF_BASE_MS", "2000"), ("SCC_BACKOFF_MAX_MS", "1000")]).unwrap_err();
         assert_eq!(error.variable, "SCC_BACKOFF_MAX_MS");
     }
 
     #[test]
     fn kafka_cfg_maps_to_librdkafka_names() {
-        let config = config(&[
-            ("KAFKA_CFG_SESSION_TIMEOUT_MS", "6000"),
-            ("KAFKA_CFG_AUTO_OFFSET_RESET", "latest"),
-        ])
-        .unwrap();
-        assert_eq!(
-            config
-                .kafka_properties
-                .get("session.timeout.ms")
-                .map(String::as_str),
-            Some("6000")
-        );
+        let config =
+            config(&[("KAFKA_CFG_SESSION_TIMEOUT_MS", "6000"), ("KAFKA_CFG_AUTO_OFFSET_RESET", "latest")]).unwrap();
+        assert_eq!(config.kafka_properties.get("session.timeout.ms").map(String::as_str), Some("6000"));
         let consumer = config.consumer_config();
         assert_eq!(consumer.get("auto.offset.reset"), Some("latest"));
         assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
@@ -552,11 +465,7 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        let config = config(&[
-            ("KAFKA_CFG_SASL_PASSWORD", "hunter2"),
-            ("KAFKA_CFG_SASL_USERNAME", "alice"),
-        ])
-        .unwrap();
+        let config = config(&[("KAFKA_CFG_SASL_PASSWORD", "hunter2"), ("KAFKA_CFG_SASL_USERNAME", "alice")]).unwrap();
         let summary = config.summary();
         assert!(!summary.contains("hunter2"), "{summary}");
         assert!(summary.contains("sasl.password=[redacted]"), "{summary}");

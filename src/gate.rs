@@ -41,10 +41,7 @@ impl Gate {
 
     /// Total time spent closed, including the current closure.
     pub fn time_closed(&self, now: Instant) -> Duration {
-        let current = self
-            .closed_since
-            .map(|since| now.saturating_duration_since(since))
-            .unwrap_or_default();
+        let current = self.closed_since.map(|since| now.saturating_duration_since(since)).unwrap_or_default();
         self.closed_before + current
     }
 
@@ -70,10 +67,7 @@ mod tests {
         assert!(gate.close(t0));
         assert!(!gate.close(t0 + Duration::from_secs(1)));
         assert!(!gate.is_open());
-        assert_eq!(
-            gate.open(t0 + Duration::from_secs(3)),
-            Some(Duration::from_secs(3))
-        );
+        assert_eq!(gate.open(t0 + Duration::from_secs(3)), Some(Duration::from_secs(3)));
         assert_eq!(gate.open(t0 + Duration::from_secs(4)), None);
         assert!(gate.is_open());
     }
@@ -85,10 +79,7 @@ mod tests {
         gate.close(t0);
         gate.open(t0 + Duration::from_secs(2));
         gate.close(t0 + Duration::from_secs(10));
-        assert_eq!(
-            gate.time_closed(t0 + Duration::from_secs(11)),
-            Duration::from_secs(3)
-        );
+        assert_eq!(gate.time_closed(t0 + Duration::from_secs(11)), Duration::from_secs(3));
         assert_eq!(gate.closures(), 2);
     }
 }

@@ -25,6 +25,7 @@ Configuration comes from the environment:
   SCC_HANDLER_TIMEOUT_MS   deadline of one handler call in ms (default 30000)
   SCC_SHUTDOWN_TIMEOUT_MS  bound on shutdown in ms (default 25000)
   SCC_COMMIT_INTERVAL_MS   commit interval in ms (default 500)
+  SCC_COMMIT_UNHEALTHY_AFTER_MS  report commits as failing after this long in ms (default 30000)
   SCC_REVOKE_TIMEOUT_MS    wait for in-flight calls on revocation in ms (default 10000)
   SCC_PARTITION_BUFFER     fetched messages held per partition (default 1000)
   SCC_LOG_FORMAT           text or json (default text); filter with RUST_LOG
@@ -54,10 +55,7 @@ fn main() -> ExitCode {
     }
     telemetry::init_logging(config.log_format);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("kafka-scc: starting the async runtime failed: {error}");
@@ -80,16 +78,13 @@ async fn run(config: Config) -> ExitCode {
     ) {
         Ok(handler) => handler,
         Err(error) => {
-            eprintln!(
-                "kafka-scc: invalid configuration: HANDLER_ENDPOINT={:?}: {error}",
-                config.handler_endpoint
-            );
+            eprintln!("kafka-scc: invalid configuration: HANDLER_ENDPOINT={:?}: {error}", config.handler_endpoint);
             return ExitCode::from(EXIT_INVALID_CONFIG);
         }
     };
 
     match Sidecar::new(config, handler).run(shutdown_signal()).await {
-        Ok(summary) if summary.report.poll_thread_stopped => ExitCode::FAILURE,
+        Ok(summary) if summary.report.poll_thread_stopped || summary.report.fatal_error.is_some() => ExitCode::FAILURE,
         Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
             error!(%error, "kafka-scc failed to start");

@@ -38,10 +38,7 @@ pub struct TopicPartition {
 
 impl TopicPartition {
     pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> TopicPartition {
-        TopicPartition {
-            topic: topic.into(),
-            partition,
-        }
+        TopicPartition { topic: topic.into(), partition }
     }
 }
 
@@ -71,10 +68,7 @@ pub struct Message {
 
 impl Message {
     pub fn topic_partition(&self) -> TopicPartition {
-        TopicPartition {
-            topic: self.topic.clone(),
-            partition: self.partition,
-        }
+        TopicPartition { topic: self.topic.clone(), partition: self.partition }
     }
 
     /// Copies a record out of librdkafka's buffer; `topic` is the record's topic name, passed
@@ -184,21 +178,13 @@ mod tests {
     #[test]
     fn trace_id_prefers_first_valid_header() {
         let headers = vec![
+            Header { key: "traceparent".into(), value: Some(Bytes::from_static(b"garbage")) },
             Header {
                 key: "traceparent".into(),
-                value: Some(Bytes::from_static(b"garbage")),
-            },
-            Header {
-                key: "traceparent".into(),
-                value: Some(Bytes::from_static(
-                    b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-                )),
+                value: Some(Bytes::from_static(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")),
             },
         ];
-        assert_eq!(
-            trace_id_from_headers(&headers).as_deref(),
-            Some("0af7651916cd43dd8448eb211c80319c")
-        );
+        assert_eq!(trace_id_from_headers(&headers).as_deref(), Some("0af7651916cd43dd8448eb211c80319c"));
     }
 
     #[test]

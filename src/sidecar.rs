@@ -46,12 +46,7 @@ pub struct Sidecar<H> {
 
 impl<H: Handler> Sidecar<H> {
     pub fn new(config: Config, handler: H) -> Sidecar<H> {
-        Sidecar {
-            config,
-            handler: Arc::new(handler),
-            stats: Arc::new(Stats::new()),
-            backoff: None,
-        }
+        Sidecar { config, handler: Arc::new(handler), stats: Arc::new(Stats::new()), backoff: None }
     }
 
     /// Replaces the backoff built from the configuration, for example with a seeded one.
@@ -68,12 +63,7 @@ impl<H: Handler> Sidecar<H> {
 
     /// Consumes until `shutdown` completes, then shuts down within `SCC_SHUTDOWN_TIMEOUT_MS`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
-        let Sidecar {
-            config,
-            handler,
-            stats,
-            backoff,
-        } = self;
+        let Sidecar { config, handler, stats, backoff } = self;
         info!(config = %config.summary(), "kafka-scc starting");
 
         let (consumer, control, events) = KafkaConsumer::start(&config)?;
@@ -95,8 +85,7 @@ impl<H: Handler> Sidecar<H> {
         let report = pipeline.run(shutdown, config.shutdown_timeout).await;
 
         let started = *signalled_at.get_or_init(Instant::now);
-        let remaining =
-            (started + config.shutdown_timeout).saturating_duration_since(Instant::now());
+        let remaining = (started + config.shutdown_timeout).saturating_duration_since(Instant::now());
         let consumer_closed = consumer.close(remaining.max(MIN_CLOSE_TIME)).await;
         if !consumer_closed {
             warn!("the Kafka consumer did not close within the shutdown timeout");
@@ -111,11 +100,6 @@ impl<H: Handler> Sidecar<H> {
             shutdown_ms = shutdown_took.as_millis() as u64,
             "kafka-scc stopped"
         );
-        Ok(Summary {
-            report,
-            consumer_closed,
-            shutdown_took,
-            stats,
-        })
+        Ok(Summary { report, consumer_closed, shutdown_took, stats })
     }
 }

@@ -19,9 +19,7 @@ use crate::message::TopicPartition;
 /// `RUST_LOG` (default `info`). Does nothing when a subscriber is already installed.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -38,7 +36,12 @@ pub struct Stats {
     gate_closures: AtomicU64,
     gate_open: AtomicBool,
     commit_failures: AtomicU64,
+    commits_unhealthy: AtomicBool,
     rebalances: AtomicU64,
+    consumer_errors: AtomicU64,
+    poll_interval_exceeded: AtomicU64,
+    offset_resets: AtomicU64,
+    fatal_error: Mutex<Option<String>>,
     partitions: Mutex<PartitionMaps>,
     changed: Notify,
 }
@@ -65,8 +68,18 @@ pub struct StatsSnapshot {
     pub gate_open: bool,
     /// Offset commits that Kafka rejected or that timed out.
     pub commit_failures: u64,
+    /// False while commits have been failing for longer than `SCC_COMMIT_UNHEALTHY_AFTER_MS`.
+    pub commits_healthy: bool,
     /// Assignments and revocations seen.
     pub rebalances: u64,
+    /// Errors the consumer reported while polling.
+    pub consumer_errors: u64,
+    /// Times librdkafka reported that `max.poll.interval.ms` was exceeded.
+    pub poll_interval_exceeded: u64,
+    /// Offset resets librdkafka performed because a position was out of range or expired.
+    pub offset_resets: u64,
+    /// The fatal consumer error that stopped the run, if any.
+    pub fatal_error: Option<String>,
     /// Partitions currently assigned.
     pub assigned: BTreeSet<TopicPartition>,
     /// Last committed offset (the next offset to read) per partition, including partitions
@@ -82,18 +95,13 @@ impl StatsSnapshot {
 
     /// Committed offset of one partition.
     pub fn committed_offset(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.committed
-            .get(&TopicPartition::new(topic, partition))
-            .copied()
+        self.committed.get(&TopicPartition::new(topic, partition)).copied()
     }
 }
 
 impl Stats {
     pub fn new() -> Stats {
-        Stats {
-            gate_open: AtomicBool::new(true),
-            ..Stats::default()
-        }
+        Stats { gate_open: AtomicBool::new(true), ..Stats::default() }
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -106,7 +114,12 @@ impl Stats {
             gate_closures: self.gate_closures.load(Ordering::Relaxed),
             gate_open: self.gate_open.load(Ordering::Relaxed),
             commit_failures: self.commit_failures.load(Ordering::Relaxed),
+            commits_healthy: !self.commits_unhealthy.load(Ordering::Relaxed),
             rebalances: self.rebalances.load(Ordering::Relaxed),
+            consumer_errors: self.consumer_errors.load(Ordering::Relaxed),
+            poll_interval_exceeded: self.poll_interval_exceeded.load(Ordering::Relaxed),
+            offset_resets: self.offset_resets.load(Ordering::Relaxed),
+            fatal_error: self.fatal_error.lock().expect("stats lock poisoned").clone(),
             assigned: maps.assigned,
             committed: maps.committed,
         }
@@ -168,6 +181,27 @@ impl Stats {
         self.changed.notify_waiters();
     }
 
+    pub(crate) fn record_commits_healthy(&self, healthy: bool) {
+        self.commits_unhealthy.store(!healthy, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn record_consumer_error(&self, poll_interval_exceeded: bool, fatal: Option<String>) {
+        self.consumer_errors.fetch_add(1, Ordering::Relaxed);
+        if poll_interval_exceeded {
+            self.poll_interval_exceeded.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(fatal) = fatal {
+            *self.fatal_error.lock().expect("stats lock poisoned") = Some(fatal);
+        }
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn record_offset_reset(&self) {
+        self.offset_resets.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
     pub(crate) fn record_committed(&self, offsets: &[(TopicPartition, i64)]) {
         {
             let mut maps = self.partitions.lock().expect("stats lock poisoned");
@@ -181,11 +215,7 @@ impl Stats {
 
     pub(crate) fn record_assigned(&self, partitions: &[TopicPartition]) {
         self.rebalances.fetch_add(1, Ordering::Relaxed);
-        self.partitions
-            .lock()
-            .expect("stats lock poisoned")
-            .assigned
-            .extend(partitions.iter().cloned());
+        self.partitions.lock().expect("stats lock poisoned").assigned.extend(partitions.iter().cloned());
         self.changed.notify_waiters();
     }
 
@@ -216,20 +246,14 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         });
-        let snapshot = stats
-            .wait_until(Duration::from_secs(5), |s| s.succeeded == 3)
-            .await
-            .unwrap();
+        let snapshot = stats.wait_until(Duration::from_secs(5), |s| s.succeeded == 3).await.unwrap();
         assert_eq!(snapshot.handled(), 3);
     }
 
     #[tokio::test(start_paused = true)]
     async fn wait_until_times_out_with_last_snapshot() {
         let stats = Stats::new();
-        let error = stats
-            .wait_until(Duration::from_secs(1), |s| s.succeeded == 1)
-            .await
-            .unwrap_err();
+        let error = stats.wait_until(Duration::from_secs(1), |s| s.succeeded == 1).await.unwrap_err();
         assert_eq!(error.succeeded, 0);
     }
 

@@ -17,9 +17,7 @@ use std::collections::VecDeque;
 /// A misuse of the tracker; the pipeline logs it and keeps the message uncommitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrackError {
-    #[error(
-        "offset {offset} was fetched after offset {last}; offsets must increase within one assignment"
-    )]
+    #[error("offset {offset} was fetched after offset {last}; offsets must increase within one assignment")]
     NotIncreasing { offset: i64, last: i64 },
     #[error("offset {0} is not pending in this partition")]
     NotPending(i64),
@@ -139,14 +137,8 @@ mod tests {
     fn non_increasing_offset_is_rejected() {
         let mut tracker = CommitTracker::new();
         tracker.track(4).unwrap();
-        assert_eq!(
-            tracker.track(4),
-            Err(TrackError::NotIncreasing { offset: 4, last: 4 })
-        );
-        assert_eq!(
-            tracker.track(2),
-            Err(TrackError::NotIncreasing { offset: 2, last: 4 })
-        );
+        assert_eq!(tracker.track(4), Err(TrackError::NotIncreasing { offset: 4, last: 4 }));
+        assert_eq!(tracker.track(2), Err(TrackError::NotIncreasing { offset: 2, last: 4 }));
     }
 
     #[test]

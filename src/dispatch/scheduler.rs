@@ -67,12 +67,7 @@ pub struct Scheduler<T> {
 
 impl<T> Default for Scheduler<T> {
     fn default() -> Self {
-        Scheduler {
-            lanes: HashMap::new(),
-            ready: BTreeMap::new(),
-            next_seq: 0,
-            queued: 0,
-        }
+        Scheduler { lanes: HashMap::new(), ready: BTreeMap::new(), next_seq: 0, queued: 0 }
     }
 }
 
@@ -87,10 +82,7 @@ impl<T> Scheduler<T> {
         self.next_seq += 1;
         self.queued += 1;
 
-        let lane = self.lanes.entry(lane_id.clone()).or_insert_with(|| Lane {
-            queue: VecDeque::new(),
-            busy: false,
-        });
+        let lane = self.lanes.entry(lane_id.clone()).or_insert_with(|| Lane { queue: VecDeque::new(), busy: false });
         if !lane.busy && lane.queue.is_empty() {
             self.ready.insert(seq, lane_id);
         }
@@ -101,10 +93,7 @@ impl<T> Scheduler<T> {
     pub fn pop(&mut self) -> Option<(LaneId, T)> {
         let (_, lane_id) = self.ready.pop_first()?;
         let lane = self.lanes.get_mut(&lane_id).expect("a ready lane exists");
-        let (_, item) = lane
-            .queue
-            .pop_front()
-            .expect("a ready lane has a queued item");
+        let (_, item) = lane.queue.pop_front().expect("a ready lane has a queued item");
         lane.busy = true;
         self.queued -= 1;
         Some((lane_id, item))
@@ -139,8 +128,7 @@ impl<T> Scheduler<T> {
                 true
             }
         });
-        self.ready
-            .retain(|_, lane_id| &lane_id.partition != partition);
+        self.ready.retain(|_, lane_id| &lane_id.partition != partition);
         self.queued -= dropped;
         dropped
     }
@@ -167,10 +155,7 @@ mod tests {
     }
 
     fn lane(n: i32, key: &'static [u8]) -> LaneId {
-        LaneId {
-            partition: partition(n),
-            key: LaneKey::Key(Bytes::from_static(key)),
-        }
+        LaneId { partition: partition(n), key: LaneKey::Key(Bytes::from_static(key)) }
     }
 
     #[test]
@@ -194,8 +179,7 @@ mod tests {
         scheduler.push(lane(1, b"x"), 10);
         scheduler.push(lane(0, b"y"), 11);
         scheduler.push(lane(2, b"z"), 12);
-        let order: Vec<i32> =
-            std::iter::from_fn(|| scheduler.pop().map(|(_, item)| item)).collect();
+        let order: Vec<i32> = std::iter::from_fn(|| scheduler.pop().map(|(_, item)| item)).collect();
         assert_eq!(order, vec![10, 11, 12]);
     }
 
@@ -217,22 +201,10 @@ mod tests {
     #[test]
     fn lane_key_follows_processing_order() {
         let key = Bytes::from_static(b"k");
-        assert_eq!(
-            LaneKey::for_message(ProcessingOrder::Partition, Some(&key), 4),
-            LaneKey::Partition
-        );
-        assert_eq!(
-            LaneKey::for_message(ProcessingOrder::Key, None, 4),
-            LaneKey::NullKey
-        );
-        assert_eq!(
-            LaneKey::for_message(ProcessingOrder::Key, Some(&key), 4),
-            LaneKey::Key(key.clone())
-        );
-        assert_eq!(
-            LaneKey::for_message(ProcessingOrder::Unordered, Some(&key), 4),
-            LaneKey::Offset(4)
-        );
+        assert_eq!(LaneKey::for_message(ProcessingOrder::Partition, Some(&key), 4), LaneKey::Partition);
+        assert_eq!(LaneKey::for_message(ProcessingOrder::Key, None, 4), LaneKey::NullKey);
+        assert_eq!(LaneKey::for_message(ProcessingOrder::Key, Some(&key), 4), LaneKey::Key(key.clone()));
+        assert_eq!(LaneKey::for_message(ProcessingOrder::Unordered, Some(&key), 4), LaneKey::Offset(4));
     }
 
     proptest! {

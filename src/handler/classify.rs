@@ -71,23 +71,12 @@ pub fn classify(failure: &CallFailure, pause_codes: &HashSet<Code>) -> HandlerEr
             if let Some(source) = status.source() {
                 message = format!("{message}: {}", error_chain(source));
             }
-            HandlerError {
-                disposition: Disposition::PauseEligible,
-                code: Some(status.code()),
-                message,
-            }
+            HandlerError { disposition: Disposition::PauseEligible, code: Some(status.code()), message }
         }
         CallFailure::Status(status) => {
-            let disposition = if pause_codes.contains(&status.code()) {
-                Disposition::PauseEligible
-            } else {
-                Disposition::NonPausing
-            };
-            HandlerError {
-                disposition,
-                code: Some(status.code()),
-                message: status.message().to_owned(),
-            }
+            let disposition =
+                if pause_codes.contains(&status.code()) { Disposition::PauseEligible } else { Disposition::NonPausing };
+            HandlerError { disposition, code: Some(status.code()), message: status.message().to_owned() }
         }
     }
 }
@@ -134,10 +123,7 @@ pub fn code_name(code: Code) -> &'static str {
 
 /// Parses a code name, ignoring case.
 pub fn parse_code(name: &str) -> Option<Code> {
-    ALL_CODES
-        .iter()
-        .copied()
-        .find(|code| code_name(*code).eq_ignore_ascii_case(name))
+    ALL_CODES.iter().copied().find(|code| code_name(*code).eq_ignore_ascii_case(name))
 }
 
 #[cfg(test)]
@@ -152,11 +138,8 @@ mod tests {
     fn handler_codes_follow_pause_set() {
         for code in ALL_CODES.iter().copied().filter(|code| *code != Code::Ok) {
             let error = classify(&CallFailure::Status(Status::new(code, "x")), &defaults());
-            let expected = if DEFAULT_PAUSE_CODES.contains(&code) {
-                Disposition::PauseEligible
-            } else {
-                Disposition::NonPausing
-            };
+            let expected =
+                if DEFAULT_PAUSE_CODES.contains(&code) { Disposition::PauseEligible } else { Disposition::NonPausing };
             assert_eq!(error.disposition, expected, "{}", code_name(code));
             assert_eq!(error.code, Some(code));
         }
@@ -164,29 +147,19 @@ mod tests {
 
     #[test]
     fn own_timeout_is_pause_eligible() {
-        let error = classify(
-            &CallFailure::Timeout(Duration::from_millis(250)),
-            &HashSet::new(),
-        );
+        let error = classify(&CallFailure::Timeout(Duration::from_millis(250)), &HashSet::new());
         assert!(error.is_pause_eligible());
         assert!(error.message.contains("250 ms"), "{}", error.message);
     }
 
     #[test]
     fn transport_error_is_pause_eligible_whatever_code() {
-        let io = std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "connection reset by peer",
-        );
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset by peer");
         let status = Status::from_error(Box::new(io));
         assert_eq!(status.code(), Code::Unknown);
         let error = classify(&CallFailure::Status(status), &HashSet::new());
         assert!(error.is_pause_eligible());
-        assert!(
-            error.message.contains("connection reset"),
-            "{}",
-            error.message
-        );
+        assert!(error.message.contains("connection reset"), "{}", error.message);
     }
 
     #[test]
@@ -203,10 +176,7 @@ mod tests {
         for code in ALL_CODES {
             assert_eq!(parse_code(code_name(*code)), Some(*code));
         }
-        assert_eq!(
-            parse_code("deadline_exceeded"),
-            Some(Code::DeadlineExceeded)
-        );
+        assert_eq!(parse_code("deadline_exceeded"), Some(Code::DeadlineExceeded));
         assert_eq!(parse_code("NOPE"), None);
     }
 }

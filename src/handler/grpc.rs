@@ -45,12 +45,7 @@ impl GrpcHandler {
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        Ok(GrpcHandler {
-            client: MessageHandlerClient::new(channel),
-            group_id: group_id.into(),
-            timeout,
-            pause_codes,
-        })
+        Ok(GrpcHandler { client: MessageHandlerClient::new(channel), group_id: group_id.into(), timeout, pause_codes })
     }
 
     fn request(&self, message: &Message, attempt: u32) -> tonic::Request<HandleRequest> {
@@ -68,10 +63,7 @@ impl GrpcHandler {
             headers: message
                 .headers
                 .iter()
-                .map(|header| proto::Header {
-                    key: header.key.clone(),
-                    value: header.value.clone(),
-                })
+                .map(|header| proto::Header { key: header.key.clone(), value: header.value.clone() })
                 .collect(),
             timestamp_ms: message.timestamp_ms,
             timestamp_type: timestamp_type.into(),

@@ -38,19 +38,11 @@ pub struct HandlerError {
 
 impl HandlerError {
     pub fn pause_eligible(code: Option<Code>, message: impl Into<String>) -> HandlerError {
-        HandlerError {
-            disposition: Disposition::PauseEligible,
-            code,
-            message: message.into(),
-        }
+        HandlerError { disposition: Disposition::PauseEligible, code, message: message.into() }
     }
 
     pub fn non_pausing(code: Option<Code>, message: impl Into<String>) -> HandlerError {
-        HandlerError {
-            disposition: Disposition::NonPausing,
-            code,
-            message: message.into(),
-        }
+        HandlerError { disposition: Disposition::NonPausing, code, message: message.into() }
     }
 
     pub fn is_pause_eligible(&self) -> bool {
@@ -77,9 +69,5 @@ impl std::error::Error for HandlerError {}
 /// `attempt` is 1 on the first delivery of the message by this process and grows by one on
 /// every retry.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(
-        &self,
-        message: &Message,
-        attempt: u32,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    fn handle(&self, message: &Message, attempt: u32) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }

@@ -36,6 +36,11 @@ use crate::message::{Message, TopicPartition};
 /// stop request.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// How long the poll thread waits, at shutdown, for the commit thread to release the consumer
+/// before closing it. A commit stuck on an unreachable broker can hold it longer; the caller's
+/// close timeout bounds the shutdown either way.
+const OWNER_WAIT: Duration = Duration::from_secs(30);
+
 /// The running consumer: its poll thread and the means to stop it.
 pub struct KafkaConsumer {
     stop: Arc<AtomicBool>,
@@ -55,14 +60,7 @@ impl KafkaConsumer {
     /// Returns the running consumer, the pipeline's handle on it and the event stream.
     pub fn start(
         config: &Config,
-    ) -> Result<
-        (
-            KafkaConsumer,
-            ConsumerHandle,
-            mpsc::UnboundedReceiver<Event>,
-        ),
-        KafkaError,
-    > {
+    ) -> Result<(KafkaConsumer, ConsumerHandle, mpsc::UnboundedReceiver<Event>), KafkaError> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let events_tx_for_commits = events_tx.clone();
         let fetch_paused = Arc::new(AtomicBool::new(false));
@@ -72,8 +70,7 @@ impl KafkaConsumer {
             closing: AtomicBool::new(false),
             revoke_timeout: config.revoke_timeout,
         };
-        let consumer: BaseConsumer<SidecarContext> =
-            config.consumer_config().create_with_context(context)?;
+        let consumer: BaseConsumer<SidecarContext> = config.consumer_config().create_with_context(context)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let consumer = Arc::new(consumer);
@@ -86,9 +83,7 @@ impl KafkaConsumer {
             std::thread::Builder::new()
                 .name("kafka-poll".into())
                 .spawn(move || poll_loop(consumer, events_tx, stop, closed_tx))
-                .map_err(|error| {
-                    KafkaError::Subscription(format!("starting the poll thread failed: {error}"))
-                })?
+                .map_err(|error| KafkaError::Subscription(format!("starting the poll thread failed: {error}")))?
         };
 
         let (commits, commit_requests) = std::sync::mpsc::channel();
@@ -98,25 +93,11 @@ impl KafkaConsumer {
             std::thread::Builder::new()
                 .name("kafka-commit".into())
                 .spawn(move || commit_loop(consumer, commit_requests, events))
-                .map_err(|error| {
-                    KafkaError::Subscription(format!("starting the commit thread failed: {error}"))
-                })?;
+                .map_err(|error| KafkaError::Subscription(format!("starting the commit thread failed: {error}")))?;
         }
 
-        let handle = ConsumerHandle {
-            consumer,
-            fetch_paused,
-            commits,
-        };
-        Ok((
-            KafkaConsumer {
-                stop,
-                closed: closed_rx,
-                thread: Some(thread),
-            },
-            handle,
-            events_rx,
-        ))
+        let handle = ConsumerHandle { consumer, fetch_paused, commits };
+        Ok((KafkaConsumer { stop, closed: closed_rx, thread: Some(thread) }, handle, events_rx))
     }
 
     /// Stops polling and closes the consumer, waiting at most `timeout`. Returns false when the
@@ -126,9 +107,7 @@ impl KafkaConsumer {
     /// last reference goes.
     pub async fn close(mut self, timeout: Duration) -> bool {
         self.stop.store(true, Ordering::Release);
-        let closed = tokio::time::timeout(timeout, &mut self.closed)
-            .await
-            .is_ok();
+        let closed = tokio::time::timeout(timeout, &mut self.closed).await.is_ok();
         if closed && let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -166,10 +145,14 @@ fn poll_loop(
 
     info!("closing the Kafka consumer");
     consumer.context().closing.store(true, Ordering::Release);
+    // The commit thread drops its reference once the pipeline's handle is gone; wait for it so
+    // that the close happens here, where the caller's timeout observes it.
+    let waiting_since = std::time::Instant::now();
+    while Arc::strong_count(&consumer) > 1 && waiting_since.elapsed() < OWNER_WAIT {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     if Arc::strong_count(&consumer) > 1 {
-        warn!(
-            "the consumer is still referenced elsewhere; it closes when the last reference is dropped"
-        );
+        warn!("the consumer is still referenced by a commit in progress; it closes when that commit returns");
     }
     // Dropping the last reference leaves the group and destroys the client.
     drop(consumer);
@@ -185,8 +168,7 @@ fn commit_loop(
     events: mpsc::UnboundedSender<Event>,
 ) {
     for offsets in requests {
-        let result =
-            offsets_list(&offsets).and_then(|list| consumer.commit(&list, CommitMode::Sync));
+        let result = offsets_list(&offsets).and_then(|list| consumer.commit(&list, CommitMode::Sync));
         if events.send(Event::Committed { result, offsets }).is_err() {
             break;
         }

@@ -38,13 +38,17 @@ pub(crate) struct SidecarContext {
 impl ClientContext for SidecarContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
                 error!(target: "librdkafka", facility, "{message}")
             }
-            RDKafkaLogLevel::Warning => warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Warning => {
+                warn!(target: "librdkafka", facility, "{message}");
+                // librdkafka logs offset resets caused by errors at warning level under this
+                // facility (librdkafka 2.12, rdkafka_offset.c).
+                if facility == "OFFSET" && message.contains("offset reset") {
+                    let _ = self.events.send(Event::OffsetReset);
+                }
+            }
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
                 info!(target: "librdkafka", facility, "{message}")
             }
@@ -69,14 +73,7 @@ impl ConsumerContext for SidecarContext {
         }
 
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        if self
-            .events
-            .send(Event::Revoked {
-                partitions: partitions.clone(),
-                reply,
-            })
-            .is_err()
-        {
+        if self.events.send(Event::Revoked { partitions: partitions.clone(), reply }).is_err() {
             return;
         }
         let offsets = match answer.recv_timeout(self.revoke_timeout + REVOKE_REPLY_SLACK) {
@@ -90,14 +87,11 @@ impl ConsumerContext for SidecarContext {
             return;
         }
 
-        let result =
-            offsets_list(&offsets).and_then(|list| consumer.commit(&list, CommitMode::Sync));
+        let result = offsets_list(&offsets).and_then(|list| consumer.commit(&list, CommitMode::Sync));
         if let Err(error) = &result {
             warn!(%error, offsets = %describe_offsets(&offsets), "commit during revocation failed; the next owner may handle these messages again");
         }
-        let _ = self
-            .events
-            .send(Event::RevocationCommitted { result, offsets });
+        let _ = self.events.send(Event::RevocationCommitted { result, offsets });
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -106,11 +100,7 @@ impl ConsumerContext for SidecarContext {
                 // Pause state is kafka-scc's own: apply it to the new partitions whatever the
                 // client library kept from an earlier assignment.
                 let paused = self.fetch_paused.load(Ordering::Acquire);
-                let applied = if paused {
-                    consumer.pause(list)
-                } else {
-                    consumer.resume(list)
-                };
+                let applied = if paused { consumer.pause(list) } else { consumer.resume(list) };
                 if let Err(error) = applied {
                     warn!(%error, paused, "applying the pause state to assigned partitions failed");
                 }
@@ -124,20 +114,13 @@ impl ConsumerContext for SidecarContext {
 }
 
 pub(crate) fn partitions_of(list: &TopicPartitionList) -> Vec<TopicPartition> {
-    list.elements()
-        .iter()
-        .map(|element| TopicPartition::new(element.topic(), element.partition()))
-        .collect()
+    list.elements().iter().map(|element| TopicPartition::new(element.topic(), element.partition())).collect()
 }
 
 pub(crate) fn offsets_list(offsets: &[(TopicPartition, i64)]) -> KafkaResult<TopicPartitionList> {
     let mut list = TopicPartitionList::with_capacity(offsets.len());
     for (partition, offset) in offsets {
-        list.add_partition_offset(
-            &partition.topic,
-            partition.partition,
-            Offset::Offset(*offset),
-        )?;
+        list.add_partition_offset(&partition.topic, partition.partition, Offset::Offset(*offset))?;
     }
     Ok(list)
 }
@@ -151,17 +134,9 @@ pub(crate) fn partitions_list(partitions: &[TopicPartition]) -> TopicPartitionLi
 }
 
 pub(crate) fn describe(partitions: &[TopicPartition]) -> String {
-    partitions
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+    partitions.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
 pub(crate) fn describe_offsets(offsets: &[(TopicPartition, i64)]) -> String {
-    offsets
-        .iter()
-        .map(|(partition, offset)| format!("{partition}@{offset}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    offsets.iter().map(|(partition, offset)| format!("{partition}@{offset}")).collect::<Vec<_>>().join(",")
 }

@@ -25,29 +25,20 @@ pub enum Event {
     Fetched(Message),
     /// Partitions were added to the assignment. `paused` says whether the poll thread already
     /// paused them because fetching was paused when they arrived.
-    Assigned {
-        partitions: Vec<TopicPartition>,
-        paused: bool,
-    },
+    Assigned { partitions: Vec<TopicPartition>, paused: bool },
     /// Partitions are being revoked. The poll thread waits, bounded, for the pipeline to send
     /// the offsets to commit for them through `reply`, commits those synchronously, and only
     /// then lets the revocation complete.
-    Revoked {
-        partitions: Vec<TopicPartition>,
-        reply: SyncSender<Offsets>,
-    },
+    Revoked { partitions: Vec<TopicPartition>, reply: SyncSender<Offsets> },
     /// A commit requested through [`KafkaControl::commit`] finished.
-    Committed {
-        result: Result<(), KafkaError>,
-        offsets: Offsets,
-    },
+    Committed { result: Result<(), KafkaError>, offsets: Offsets },
     /// A synchronous commit made during a revocation finished.
-    RevocationCommitted {
-        result: Result<(), KafkaError>,
-        offsets: Offsets,
-    },
+    RevocationCommitted { result: Result<(), KafkaError>, offsets: Offsets },
     /// The consumer reported an error while polling.
     ConsumerError(KafkaError),
+    /// librdkafka reset a partition's position because it was out of range or expired; its
+    /// own warning names the partition and both offsets.
+    OffsetReset,
 }
 
 /// The pipeline's handle on the consumer. Every call returns at once: pausing and resuming are

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -40,7 +41,7 @@ use crate::message::{Message, TopicPartition};
 use crate::telemetry::Stats;
 
 use partition::{PartitionState, Revocation};
-use retry::Retries;
+use retry::{CommitRetry, Retries};
 pub use shutdown::ShutdownReport;
 
 /// The pipeline's tuning, taken from [`Config`].
@@ -50,6 +51,8 @@ pub struct PipelineSettings {
     pub processing_order: ProcessingOrder,
     pub partition_buffer: usize,
     pub commit_interval: Duration,
+    /// How long commits may keep failing before the health state reports them.
+    pub commit_unhealthy_after: Duration,
     pub revoke_timeout: Duration,
     pub backoff: Backoff,
 }
@@ -61,6 +64,7 @@ impl PipelineSettings {
             processing_order: config.processing_order,
             partition_buffer: config.partition_buffer,
             commit_interval: config.commit_interval,
+            commit_unhealthy_after: config.commit_unhealthy_after,
             revoke_timeout: config.revoke_timeout,
             backoff: Backoff::new(config.backoff_base, config.backoff_max),
         }
@@ -109,6 +113,9 @@ pub struct Pipeline<H, C> {
     workers: JoinSet<Completion>,
     in_flight: usize,
     commit_in_flight: Option<CommitInFlight>,
+    commit_retry: CommitRetry,
+    /// Set by a fatal consumer error; the pipeline then stops.
+    fatal_error: Option<String>,
     next_generation: u64,
     next_seq: u64,
     draining: bool,
@@ -123,6 +130,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         settings: PipelineSettings,
     ) -> Self {
         let retries = Retries::new(settings.backoff.clone());
+        let commit_retry = CommitRetry::new(settings.commit_interval);
         Pipeline {
             handler,
             control,
@@ -137,6 +145,8 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             workers: JoinSet::new(),
             in_flight: 0,
             commit_in_flight: None,
+            commit_retry,
+            fatal_error: None,
             next_generation: 0,
             next_seq: 0,
             draining: false,
@@ -146,11 +156,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
     /// Runs until `shutdown` completes or the poll thread stops, then drains: in-flight calls
     /// get until `shutdown_timeout` × 0.6 after the signal, the final commit until × 0.8, which
     /// leaves the rest for closing the consumer.
-    pub async fn run(
-        mut self,
-        shutdown: impl Future<Output = ()>,
-        shutdown_timeout: Duration,
-    ) -> ShutdownReport {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>, shutdown_timeout: Duration) -> ShutdownReport {
         let mut commit_timer = tokio::time::interval(self.settings.commit_interval);
         commit_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -159,11 +165,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
 
         loop {
             let retry_at = self.retries.deadline();
-            let revoke_at = self
-                .revocations
-                .iter()
-                .map(|revocation| revocation.deadline)
-                .min();
+            let revoke_at = self.revocations.iter().map(|revocation| revocation.deadline).min();
 
             // Biased: timers come before results and fetched messages because they are rare
             // and would otherwise starve under a steady stream of messages.
@@ -187,12 +189,17 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                     }
                 },
             }
+            if self.fatal_error.is_some() {
+                break;
+            }
             self.answer_revocations(Instant::now());
             self.dispatch();
         }
 
+        let fatal_error = self.fatal_error.clone();
         let mut report = self.drain(shutdown_timeout).await;
         report.poll_thread_stopped = poll_thread_stopped;
+        report.fatal_error = fatal_error;
         report
     }
 
@@ -206,10 +213,24 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                 Ok(()) => self.stats.record_committed(&offsets),
                 Err(_) => self.stats.record_commit_failure(),
             },
-            Event::ConsumerError(error) => {
-                warn!(%error, "the consumer reported an error");
-            }
+            Event::ConsumerError(error) => self.on_consumer_error(error),
+            Event::OffsetReset => self.stats.record_offset_reset(),
         }
+    }
+
+    fn on_consumer_error(&mut self, error: KafkaError) {
+        let code = error.rdkafka_error_code();
+        let poll_interval_exceeded = code == Some(RDKafkaErrorCode::PollExceeded);
+        let fatal = matches!(error, KafkaError::MessageConsumptionFatal(_));
+        if fatal {
+            error!(%error, "fatal consumer error; shutting down");
+            self.fatal_error = Some(error.to_string());
+        } else if poll_interval_exceeded {
+            error!(%error, "max.poll.interval.ms was exceeded and the consumer left its group; it rejoins on the next poll");
+        } else {
+            warn!(%error, "the consumer reported an error");
+        }
+        self.stats.record_consumer_error(poll_interval_exceeded, fatal.then(|| error.to_string()));
     }
 
     fn on_fetched(&mut self, message: Message) {
@@ -241,28 +262,12 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
 
         state.buffered += 1;
         let generation = state.generation;
-        let key = LaneKey::for_message(
-            self.settings.processing_order,
-            message.key.as_ref(),
-            message.offset,
-        );
-        let lane = LaneId {
-            partition: partition.clone(),
-            key,
-        };
+        let key = LaneKey::for_message(self.settings.processing_order, message.key.as_ref(), message.offset);
+        let lane = LaneId { partition: partition.clone(), key };
         let seq = self.next_seq;
         self.next_seq += 1;
         self.stats.record_fetched();
-        self.scheduler.push(
-            lane.clone(),
-            Pending {
-                message: Arc::new(message),
-                lane,
-                generation,
-                seq,
-                attempt: 0,
-            },
-        );
+        self.scheduler.push(lane.clone(), Pending { message: Arc::new(message), lane, generation, seq, attempt: 0 });
         self.reconcile_pause(&partition);
     }
 
@@ -274,8 +279,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             }
             let generation = self.next_generation;
             self.next_generation += 1;
-            self.partitions
-                .insert(partition.clone(), PartitionState::new(generation, paused));
+            self.partitions.insert(partition.clone(), PartitionState::new(generation, paused));
         }
         info!(partitions = %describe(&partitions), paused, "partitions assigned");
         self.stats.record_assigned(&partitions);
@@ -295,11 +299,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         (queued, retries)
     }
 
-    fn begin_revocation(
-        &mut self,
-        partitions: Vec<TopicPartition>,
-        reply: std::sync::mpsc::SyncSender<Offsets>,
-    ) {
+    fn begin_revocation(&mut self, partitions: Vec<TopicPartition>, reply: std::sync::mpsc::SyncSender<Offsets>) {
         let mut dropped_retries = 0;
         for partition in &partitions {
             let (_, retries) = self.forget_partition(partition);
@@ -313,11 +313,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             "revocation started; waiting for in-flight calls of the revoked partitions"
         );
         let deadline = Instant::now() + self.settings.revoke_timeout;
-        self.revocations.push(Revocation {
-            partitions,
-            reply,
-            deadline,
-        });
+        self.revocations.push(Revocation { partitions, reply, deadline });
     }
 
     /// Completes every revocation whose partitions have no call in flight, or whose deadline
@@ -343,10 +339,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                 .iter()
                 .filter_map(|partition| {
                     let state = self.partitions.remove(partition)?;
-                    state
-                        .tracker
-                        .commit_candidate()
-                        .map(|offset| (partition.clone(), offset))
+                    state.tracker.commit_candidate().map(|offset| (partition.clone(), offset))
                 })
                 .collect();
             if busy > 0 {
@@ -374,11 +367,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
     }
 
     fn on_completion(&mut self, completion: Completion) {
-        let Completion {
-            pending,
-            result,
-            probe,
-        } = completion;
+        let Completion { pending, result, probe } = completion;
         self.in_flight -= 1;
         if probe {
             self.retries.probe_ended();
@@ -386,10 +375,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
 
         let message = &pending.message;
         let partition = &pending.lane.partition;
-        let Some(state) = self
-            .partitions
-            .get_mut(partition)
-            .filter(|state| state.generation == pending.generation)
+        let Some(state) = self.partitions.get_mut(partition).filter(|state| state.generation == pending.generation)
         else {
             debug!(
                 topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = %message.trace_id,
@@ -530,25 +516,15 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         let handler = self.handler.clone();
         self.workers.spawn(async move {
             let call = handler.handle(&pending.message, pending.attempt);
-            let result = AssertUnwindSafe(call)
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| {
-                    let text = panic
-                        .downcast_ref::<&str>()
-                        .map(|text| (*text).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".to_owned());
-                    Err(HandlerError::non_pausing(
-                        Some(Code::Internal),
-                        format!("handler panicked: {text}"),
-                    ))
-                });
-            Completion {
-                pending,
-                result,
-                probe,
-            }
+            let result = AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|panic| {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                Err(HandlerError::non_pausing(Some(Code::Internal), format!("handler panicked: {text}")))
+            });
+            Completion { pending, result, probe }
         });
     }
 
@@ -587,7 +563,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
     /// commit is already in flight: one at a time keeps commits in order, so a late failure
     /// can never follow a newer success. Returns whether a commit was started.
     fn commit_finished(&mut self) -> bool {
-        if self.commit_in_flight.is_some() {
+        if self.commit_in_flight.is_some() || !self.commit_retry.may_commit(Instant::now()) {
             return false;
         }
         let offsets: Vec<(TopicPartition, i64, u64)> = self
@@ -595,20 +571,14 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             .iter()
             .filter(|(_, state)| !state.revoking)
             .filter_map(|(partition, state)| {
-                state
-                    .tracker
-                    .commit_candidate()
-                    .map(|offset| (partition.clone(), offset, state.generation))
+                state.tracker.commit_candidate().map(|offset| (partition.clone(), offset, state.generation))
             })
             .collect();
         if offsets.is_empty() {
             return false;
         }
 
-        let plain: Offsets = offsets
-            .iter()
-            .map(|(partition, offset, _)| (partition.clone(), *offset))
-            .collect();
+        let plain: Offsets = offsets.iter().map(|(partition, offset, _)| (partition.clone(), *offset)).collect();
         match self.control.commit(&plain) {
             Ok(()) => {
                 debug!(offsets = %describe_offsets(&plain), "commit sent");
@@ -616,20 +586,17 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                 true
             }
             Err(error) => {
-                warn!(%error, offsets = %describe_offsets(&plain), "starting a commit failed; retrying at the next interval");
-                self.stats.record_commit_failure();
+                warn!(%error, offsets = %describe_offsets(&plain), "queuing a commit failed; retrying with backoff");
+                self.on_commit_failure();
                 false
             }
         }
     }
 
-    fn on_committed(&mut self, result: Result<(), rdkafka::error::KafkaError>, offsets: Offsets) {
+    fn on_committed(&mut self, result: Result<(), KafkaError>, offsets: Offsets) {
         let ours = self.commit_in_flight.as_ref().is_some_and(|in_flight| {
             in_flight.offsets.len() == offsets.len()
-                && in_flight
-                    .offsets
-                    .iter()
-                    .all(|(p, o, _)| offsets.iter().any(|(q, n)| p == q && o == n))
+                && in_flight.offsets.iter().all(|(p, o, _)| offsets.iter().any(|(q, n)| p == q && o == n))
         });
         if !ours {
             debug!(ok = result.is_ok(), offsets = %describe_offsets(&offsets), "commit result for a commit not in flight");
@@ -643,38 +610,45 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         match result {
             Ok(()) => {
                 for (partition, offset, generation) in &in_flight.offsets {
-                    if let Some(state) = self
-                        .partitions
-                        .get_mut(partition)
-                        .filter(|state| state.generation == *generation)
+                    if let Some(state) =
+                        self.partitions.get_mut(partition).filter(|state| state.generation == *generation)
                     {
                         state.tracker.mark_committed(*offset);
                     }
                 }
                 self.stats.record_committed(&offsets);
+                if self.commit_retry.succeeded() {
+                    info!("commits succeed again");
+                    self.stats.record_commits_healthy(true);
+                }
             }
             Err(error) => {
-                warn!(%error, offsets = %describe_offsets(&offsets), "commit failed; retrying at the next interval");
-                self.stats.record_commit_failure();
+                warn!(%error, offsets = %describe_offsets(&offsets), "commit failed; retrying with backoff and the latest offsets");
+                self.on_commit_failure();
             }
+        }
+    }
+
+    fn on_commit_failure(&mut self) {
+        self.stats.record_commit_failure();
+        let now = Instant::now();
+        let failing_for = self.commit_retry.failed(now);
+        if failing_for >= self.settings.commit_unhealthy_after && self.commit_retry.mark_reported() {
+            error!(
+                failing_ms = failing_for.as_millis() as u64,
+                "commits have been failing for too long; reporting unhealthy"
+            );
+            self.stats.record_commits_healthy(false);
         }
     }
 }
 
 pub(crate) fn describe(partitions: &[TopicPartition]) -> String {
-    partitions
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+    partitions.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
 pub(crate) fn describe_offsets(offsets: &[(TopicPartition, i64)]) -> String {
-    offsets
-        .iter()
-        .map(|(partition, offset)| format!("{partition}@{offset}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    offsets.iter().map(|(partition, offset)| format!("{partition}@{offset}")).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]

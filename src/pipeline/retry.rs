@@ -33,12 +33,7 @@ pub(super) struct Retries {
 
 impl Retries {
     pub(super) fn new(backoff: Backoff) -> Retries {
-        Retries {
-            failed: BTreeMap::new(),
-            probe: Probe::Idle,
-            round: 0,
-            backoff,
-        }
+        Retries { failed: BTreeMap::new(), probe: Probe::Idle, round: 0, backoff }
     }
 
     pub(super) fn add(&mut self, pending: Pending) {
@@ -113,8 +108,7 @@ impl Retries {
     /// Drops the failed messages of a partition; returns how many.
     pub(super) fn remove_partition(&mut self, partition: &TopicPartition) -> usize {
         let before = self.failed.len();
-        self.failed
-            .retain(|_, pending| &pending.lane.partition != partition);
+        self.failed.retain(|_, pending| &pending.lane.partition != partition);
         before - self.failed.len()
     }
 
@@ -126,5 +120,55 @@ impl Retries {
             self.probe = Probe::Idle;
         }
         dropped
+    }
+}
+
+/// Backoff state of failing commits. A retry always commits the latest committable offsets,
+/// which cover every offset of the failed attempt, so no offset is skipped.
+#[derive(Debug)]
+pub(super) struct CommitRetry {
+    backoff: Backoff,
+    rounds: u32,
+    retry_at: Option<Instant>,
+    failing_since: Option<Instant>,
+    reported: bool,
+}
+
+impl CommitRetry {
+    /// Retries start from the commit interval and are capped at ten times it, or ten seconds
+    /// when that is longer.
+    pub(super) fn new(commit_interval: std::time::Duration) -> CommitRetry {
+        let max = (commit_interval * 10).max(std::time::Duration::from_secs(10));
+        CommitRetry {
+            backoff: Backoff::new(commit_interval, max),
+            rounds: 0,
+            retry_at: None,
+            failing_since: None,
+            reported: false,
+        }
+    }
+
+    pub(super) fn may_commit(&self, now: Instant) -> bool {
+        self.retry_at.is_none_or(|at| now >= at)
+    }
+
+    /// Records a failure and schedules the retry; returns how long commits have been failing.
+    pub(super) fn failed(&mut self, now: Instant) -> std::time::Duration {
+        self.rounds = self.rounds.saturating_add(1);
+        self.retry_at = Some(now + self.backoff.delay(self.rounds));
+        now.saturating_duration_since(*self.failing_since.get_or_insert(now))
+    }
+
+    /// Records that the failure was reported; returns false when it already was.
+    pub(super) fn mark_reported(&mut self) -> bool {
+        !std::mem::replace(&mut self.reported, true)
+    }
+
+    /// Records a success; returns true when it ends a period of reported failures.
+    pub(super) fn succeeded(&mut self) -> bool {
+        self.rounds = 0;
+        self.retry_at = None;
+        self.failing_since = None;
+        std::mem::replace(&mut self.reported, false)
     }
 }

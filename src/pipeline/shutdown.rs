@@ -25,6 +25,8 @@ pub struct ShutdownReport {
     pub final_commit_done: bool,
     /// Whether the pipeline stopped because the poll thread ended.
     pub poll_thread_stopped: bool,
+    /// The fatal consumer error that stopped the pipeline, if any.
+    pub fatal_error: Option<String>,
 }
 
 impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
@@ -77,12 +79,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         let committed: Vec<_> = committed.into_iter().collect();
         info!(committed = %describe_offsets(&committed), final_commit_done, "pipeline stopped");
 
-        ShutdownReport {
-            abandoned_in_flight,
-            uncommitted_retries,
-            final_commit_done,
-            poll_thread_stopped: false,
-        }
+        ShutdownReport { abandoned_in_flight, uncommitted_retries, final_commit_done, ..ShutdownReport::default() }
     }
 
     /// Commits the contiguous finished offsets and waits for the acknowledgement, after any
@@ -117,8 +114,6 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
 
     /// Returns true when every owned partition's committable offset is committed.
     fn stats_commit_matches(&self) -> bool {
-        self.partitions
-            .values()
-            .all(|state| state.tracker.commit_candidate().is_none())
+        self.partitions.values().all(|state| state.tracker.commit_candidate().is_none())
     }
 }

@@ -3,6 +3,7 @@
 //! integration tests; these tests pin down retry timing, the gate and commit ordering exactly.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ enum Call {
 struct RecordingControl {
     calls: Arc<Mutex<Vec<Call>>>,
     events: mpsc::UnboundedSender<Event>,
+    /// Commits still to fail, as a broker whose coordinator moved would.
+    failing_commits: Arc<AtomicU32>,
 }
 
 impl KafkaControl for RecordingControl {
@@ -50,7 +53,13 @@ impl KafkaControl for RecordingControl {
 
     fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), rdkafka::error::KafkaError> {
         self.calls.lock().unwrap().push(Call::Commit(offsets.to_vec()));
-        let _ = self.events.send(Event::Committed { result: Ok(()), offsets: offsets.to_vec() });
+        let fail = self.failing_commits.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        let result = if fail {
+            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NotCoordinator))
+        } else {
+            Ok(())
+        };
+        let _ = self.events.send(Event::Committed { result, offsets: offsets.to_vec() });
         Ok(())
     }
 
@@ -102,16 +111,25 @@ struct Harness {
 }
 
 fn start(handler: FlakyHandler, order: ProcessingOrder) -> Harness {
+    start_with_commit_failures(handler, order, 0)
+}
+
+fn start_with_commit_failures(handler: FlakyHandler, order: ProcessingOrder, failing_commits: u32) -> Harness {
     let (events, receiver) = mpsc::unbounded_channel();
     let calls = Arc::new(Mutex::new(Vec::new()));
     let stats = Arc::new(Stats::new());
     let handler = Arc::new(handler);
-    let control = RecordingControl { calls: calls.clone(), events: events.clone() };
+    let control = RecordingControl {
+        calls: calls.clone(),
+        events: events.clone(),
+        failing_commits: Arc::new(AtomicU32::new(failing_commits)),
+    };
     let settings = PipelineSettings {
         max_in_flight: 8,
         processing_order: order,
         partition_buffer: 100,
         commit_interval: Duration::from_millis(10),
+        commit_unhealthy_after: Duration::from_secs(1),
         revoke_timeout: Duration::from_secs(1),
         backoff: Backoff::with_seed(BASE, MAX, SEED),
     };
@@ -149,8 +167,15 @@ async fn probe_delays_follow_seeded_backoff() {
     let done = harness.stats.wait_until(Duration::from_secs(60), |s| s.committed_offset("t", 0) == Some(5)).await;
     assert!(done.is_ok(), "{done:?}");
 
-    let attempts: Vec<Instant> =
-        harness.handler.calls.lock().unwrap().iter().filter(|(offset, _, _)| *offset == 2).map(|(_, _, at)| *at).collect();
+    let attempts: Vec<Instant> = harness
+        .handler
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(offset, _, _)| *offset == 2)
+        .map(|(_, _, at)| *at)
+        .collect();
     assert_eq!(attempts.len(), 4);
     let mut expected = Backoff::with_seed(BASE, MAX, SEED);
     for (round, pair) in attempts.windows(2).enumerate() {
@@ -234,4 +259,27 @@ async fn revocation_replies_with_finished_offsets() {
     let _ = harness.stop.send(());
     let report = harness.task.await.unwrap();
     assert_eq!(report.uncommitted_retries, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_commits_retry_and_report_health() {
+    let partition = TopicPartition::new("t", 0);
+    let harness = start_with_commit_failures(FlakyHandler::default(), ProcessingOrder::Key, 20);
+    harness.events.send(Event::Assigned { partitions: vec![partition.clone()], paused: false }).unwrap();
+    for offset in 0..3 {
+        harness.events.send(Event::Fetched(message(&partition, offset))).unwrap();
+    }
+
+    let unhealthy = harness.stats.wait_until(Duration::from_secs(600), |s| !s.commits_healthy).await;
+    assert!(unhealthy.is_ok(), "{unhealthy:?}");
+    let done = harness.stats.wait_until(Duration::from_secs(600), |s| s.committed_offset("t", 0) == Some(3)).await;
+    let snapshot = done.expect("the commit lands once the broker accepts it");
+    assert_eq!(snapshot.commit_failures, 20);
+    assert!(snapshot.commits_healthy);
+
+    let calls = harness.calls.lock().unwrap().clone();
+    let committed = commits(&calls);
+    assert!(committed.windows(2).all(|pair| pair[0] <= pair[1]), "{committed:?}");
+    let _ = harness.stop.send(());
+    harness.task.await.unwrap();
 }
