@@ -89,11 +89,24 @@ impl Handler for GrpcHandler {
         // NOTE: a request larger than the handler's maximum receive size (4 MiB by default in
         // most gRPC servers) is rejected with RESOURCE_EXHAUSTED, which is pause-eligible by
         // default, so such a message is retried until the limit is raised.
+        let started = tokio::time::Instant::now();
         let failure = match tokio::time::timeout(self.timeout, client.handle(request)).await {
             Ok(Ok(_)) => return Ok(()),
+            // A handler server that enforces the deadline sent in `grpc-timeout` answers when it
+            // expires, at about the moment the own timer fires, and its answer can arrive first.
+            // That answer is the same expired deadline, so it is classified as the own timeout.
+            Ok(Err(status)) if is_deadline_answer(&status) && started.elapsed() >= self.timeout => {
+                CallFailure::Timeout(self.timeout)
+            }
             Ok(Err(status)) => CallFailure::Status(status),
             Err(_) => CallFailure::Timeout(self.timeout),
         };
         Err(classify(&failure, &self.pause_codes))
     }
+}
+
+/// Returns true for the codes servers answer an expired deadline with: DEADLINE_EXCEEDED as
+/// the gRPC specification says, and CANCELLED ("Timeout expired"), which tonic 0.14 servers send.
+fn is_deadline_answer(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled)
 }

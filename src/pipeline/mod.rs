@@ -420,6 +420,12 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                 );
                 self.finish(&pending);
                 self.stats.record_non_pausing();
+                if probe {
+                    // The handler answered, so it is reachable again even though it rejected
+                    // this message.
+                    self.retries.probe_succeeded();
+                    self.open_gate();
+                }
             }
         }
     }

@@ -1,0 +1,236 @@
+//! The example handler: a `MessageHandler` gRPC service that posts each Kafka record to the
+//! downstream API as JSON and maps the API's answer to the gRPC status kafka-scc acts on.
+//!
+//! | downstream answer                         | status returned    | kafka-scc does            |
+//! |-------------------------------------------|--------------------|---------------------------|
+//! | 2xx                                       | OK                 | commits                   |
+//! | no connection, timeout, broken connection | UNAVAILABLE        | closes the gate, retries  |
+//! | 5xx, 408 Request Timeout, 429 Too Many    | UNAVAILABLE        | closes the gate, retries  |
+//! | any other 4xx                             | INVALID_ARGUMENT   | logs and commits          |
+//! | anything else (1xx, unfollowed 3xx)       | INTERNAL           | logs and commits          |
+//!
+//! Shared by the `handler_server` example and `quickstart`.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use kafka_scc::handler::classify::code_name;
+use kafka_scc::proto::message_handler_server::{MessageHandler, MessageHandlerServer};
+use kafka_scc::proto::{HandleRequest, HandleResponse};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::{Request, Response, Status};
+use tracing::warn;
+
+/// Counters of one [`SinkForwarder`], shared by its clones.
+#[derive(Debug, Default)]
+pub struct ForwarderCounts {
+    forwarded: AtomicU64,
+    unavailable: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl ForwarderCounts {
+    /// Calls answered OK.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Calls answered UNAVAILABLE (kafka-scc retries these).
+    pub fn unavailable(&self) -> u64 {
+        self.unavailable.load(Ordering::Relaxed)
+    }
+
+    /// Calls answered INVALID_ARGUMENT or INTERNAL (kafka-scc commits these).
+    pub fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+}
+
+/// The handler service: forwards each record to `sink_url`.
+#[derive(Clone, Debug)]
+pub struct SinkForwarder {
+    client: reqwest::Client,
+    sink_url: reqwest::Url,
+    counts: Arc<ForwarderCounts>,
+}
+
+impl SinkForwarder {
+    /// `timeout` bounds each POST, connecting included; keep it below kafka-scc's
+    /// `SCC_HANDLER_TIMEOUT_MS` so the handler answers before kafka-scc gives up on it.
+    pub fn new(sink_url: &str, timeout: Duration) -> Result<SinkForwarder, String> {
+        let sink_url =
+            reqwest::Url::parse(sink_url).map_err(|error| format!("invalid sink URL {sink_url:?}: {error}"))?;
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(2)))
+            .build()
+            .map_err(|error| format!("building the HTTP client failed: {error}"))?;
+        Ok(SinkForwarder { client, sink_url, counts: Arc::default() })
+    }
+
+    pub fn counts(&self) -> Arc<ForwarderCounts> {
+        self.counts.clone()
+    }
+
+    pub fn sink_url(&self) -> &str {
+        self.sink_url.as_str()
+    }
+
+    /// Posts one event; returns the status to answer kafka-scc with.
+    async fn forward(&self, event: &Value, traceparent: Option<&str>) -> Result<(), Status> {
+        let mut request = self.client.post(self.sink_url.clone()).json(event);
+        if let Some(traceparent) = traceparent {
+            request = request.header("traceparent", traceparent);
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                let what = if error.is_timeout() {
+                    "timed out"
+                } else if error.is_connect() {
+                    "connection failed"
+                } else {
+                    "request failed"
+                };
+                return Err(Status::unavailable(format!("sink {what}: {}", root_cause(&error))));
+            }
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = format!("sink answered HTTP {status}");
+        if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS
+        {
+            Err(Status::unavailable(text))
+        } else if status.is_client_error() {
+            Err(Status::invalid_argument(text))
+        } else {
+            Err(Status::internal(text))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl MessageHandler for SinkForwarder {
+    async fn handle(&self, request: Request<HandleRequest>) -> Result<Response<HandleResponse>, Status> {
+        let traceparent =
+            request.metadata().get("traceparent").and_then(|value| value.to_str().ok()).map(str::to_owned);
+        let record = request.into_inner();
+        let event = event_json(&record);
+
+        match self.forward(&event, traceparent.as_deref()).await {
+            Ok(()) => {
+                self.counts.forwarded.fetch_add(1, Ordering::Relaxed);
+                Ok(Response::new(HandleResponse {}))
+            }
+            Err(status) => {
+                let counter = if status.code() == tonic::Code::Unavailable {
+                    &self.counts.unavailable
+                } else {
+                    &self.counts.rejected
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    topic = %record.topic,
+                    partition = record.partition,
+                    offset = record.offset,
+                    trace_id = %record.trace_id,
+                    attempt = record.attempt,
+                    grpc.code = code_name(status.code()),
+                    error = %status.message(),
+                    "forwarding to the sink failed"
+                );
+                Err(status)
+            }
+        }
+    }
+}
+
+/// The JSON event posted for one record: the key as UTF-8 (lossy) or null, the value as JSON
+/// when it parses as JSON, else as a (lossy UTF-8) string, else null for a tombstone.
+pub fn event_json(record: &HandleRequest) -> Value {
+    let key = record.key.as_ref().map(|key| Value::String(String::from_utf8_lossy(key).into_owned()));
+    let value = record.value.as_ref().map(|value| {
+        serde_json::from_slice::<Value>(value)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(value).into_owned()))
+    });
+    json!({
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "trace_id": record.trace_id,
+        "key": key,
+        "value": value,
+    })
+}
+
+/// The innermost error: "Connection refused (os error 111)" rather than the whole chain.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(cause) = current.source() {
+        current = cause;
+    }
+    current.to_string()
+}
+
+/// A running handler server.
+pub struct HandlerServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// Serves `service` on `listener` in a background task.
+pub fn start_handler<S: MessageHandler>(service: S, listener: TcpListener) -> std::io::Result<HandlerServer> {
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve_handler(service, listener, async {
+        let _ = stopped.await;
+    }));
+    Ok(HandlerServer { addr, stop: Some(stop), task })
+}
+
+/// Serves `service` on `listener` until `shutdown` completes, then lets running calls finish.
+pub async fn serve_handler<S: MessageHandler>(
+    service: S,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(MessageHandlerServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+impl HandlerServer {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address kafka-scc calls (`HANDLER_ENDPOINT`).
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting calls, lets running calls finish (bounded by `timeout`) and closes.
+    pub async fn stop(mut self, timeout: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match tokio::time::timeout(timeout, &mut self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => warn!(%error, "the handler server failed"),
+            Ok(Err(error)) => warn!(%error, "the handler server task ended abnormally"),
+            Err(_) => self.task.abort(),
+        }
+    }
+}
