@@ -14,14 +14,7 @@ async fn messages_are_handled_and_committed() {
     let group = unique("group");
     broker.create_topic(&topic, 3);
     let records: Vec<TestRecord> = (0..30)
-        .map(|i| {
-            TestRecord::new(
-                &topic,
-                i % 3,
-                Some(format!("k{}", i % 5).as_bytes()),
-                format!("v{i}").as_bytes(),
-            )
-        })
+        .map(|i| TestRecord::new(&topic, i % 3, Some(format!("k{}", i % 5).as_bytes()), format!("v{i}").as_bytes()))
         .collect();
     broker.produce(records).await;
 
@@ -43,9 +36,7 @@ async fn messages_are_handled_and_committed() {
     }));
 
     let snapshot = stats
-        .wait_until(WAIT, |s| {
-            (0..3).all(|p| s.committed_offset(&topic, p) == Some(10))
-        })
+        .wait_until(WAIT, |s| (0..3).all(|p| s.committed_offset(&topic, p) == Some(10)))
         .await
         .expect("all offsets committed");
     assert_eq!(snapshot.handled(), 30);
@@ -55,8 +46,5 @@ async fn messages_are_handled_and_committed() {
     assert!(summary.consumer_closed);
     assert_eq!(handler.calls().len(), 30);
     let committed = broker.committed(&group, &topic, 3);
-    assert_eq!(
-        committed.values().copied().collect::<Vec<_>>(),
-        vec![Some(10), Some(10), Some(10)]
-    );
+    assert_eq!(committed.values().copied().collect::<Vec<_>>(), vec![Some(10), Some(10), Some(10)]);
 }

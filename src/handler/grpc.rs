@@ -92,10 +92,10 @@ impl Handler for GrpcHandler {
         let started = tokio::time::Instant::now();
         let failure = match tokio::time::timeout(self.timeout, client.handle(request)).await {
             Ok(Ok(_)) => return Ok(()),
-            // A handler server that enforces the deadline sent in `grpc-timeout` answers when it
-            // expires, at about the moment the own timer fires, and its answer can arrive first.
-            // That answer is the same expired deadline, so it is classified as the own timeout.
-            Ok(Err(status)) if is_deadline_answer(&status) && started.elapsed() >= self.timeout => {
+            // A handler server that enforces the deadline sent in `grpc-timeout` responds when it
+            // expires, at about the moment kafka-scc's own timer fires, and its response can come
+            // first. It reports the same expired deadline, so it is classified as the own timeout.
+            Ok(Err(status)) if reports_expired_deadline(&status) && started.elapsed() >= self.timeout => {
                 CallFailure::Timeout(self.timeout)
             }
             Ok(Err(status)) => CallFailure::Status(status),
@@ -105,8 +105,9 @@ impl Handler for GrpcHandler {
     }
 }
 
-/// Returns true for the codes servers answer an expired deadline with: DEADLINE_EXCEEDED as
-/// the gRPC specification says, and CANCELLED ("Timeout expired"), which tonic 0.14 servers send.
-fn is_deadline_answer(status: &tonic::Status) -> bool {
+/// Returns true for the codes that servers respond with when a deadline expires:
+/// DEADLINE_EXCEEDED, the gRPC code for it, and CANCELLED ("Timeout expired"), which tonic 0.14
+/// servers send.
+fn reports_expired_deadline(status: &tonic::Status) -> bool {
     matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled)
 }

@@ -3,13 +3,15 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use kafka_scc::proto::message_handler_server::{MessageHandler, MessageHandlerServer};
 use kafka_scc::proto::{HandleRequest, HandleResponse};
-use kafka_scc::{Config, ConfigError};
+use kafka_scc::{Config, ConfigError, GrpcHandler, Handler, RunError, Sidecar, Stats, Summary};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -20,6 +22,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 /// Generous bound for conditions the tests wait on; reaching it means the test failed.
@@ -39,9 +42,7 @@ impl Broker {
     }
 
     pub fn create_topic(&self, topic: &str, partitions: i32) {
-        self.cluster
-            .create_topic(topic, partitions, 1)
-            .expect("topic created");
+        self.cluster.create_topic(topic, partitions, 1).expect("topic created");
     }
 
     pub fn producer(&self) -> FutureProducer {
@@ -58,61 +59,89 @@ impl Broker {
         for record in records {
             let mut headers = OwnedHeaders::new();
             for (key, value) in &record.headers {
-                headers = headers.insert(Header {
-                    key,
-                    value: value.as_deref(),
-                });
+                headers = headers.insert(Header { key, value: value.as_deref() });
             }
-            let mut future = FutureRecord::<[u8], [u8]>::to(&record.topic)
-                .partition(record.partition)
-                .headers(headers);
+            let mut future = FutureRecord::<[u8], [u8]>::to(&record.topic).partition(record.partition).headers(headers);
+            if let Some(timestamp) = record.timestamp_ms {
+                future = future.timestamp(timestamp);
+            }
             if let Some(key) = record.key.as_deref() {
                 future = future.key(key);
             }
             if let Some(value) = record.value.as_deref() {
                 future = future.payload(value);
             }
-            producer
-                .send(future, Duration::from_secs(10))
-                .await
-                .expect("record acknowledged");
+            producer.send(future, Duration::from_secs(10)).await.expect("record acknowledged");
         }
-        producer
-            .flush(Duration::from_secs(10))
-            .expect("producer flushed");
+        producer.flush(Duration::from_secs(10)).expect("producer flushed");
     }
 
     /// Reads a group's committed offsets straight from the broker.
-    pub fn committed(
+    pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, Option<i64>> {
+        read_committed(&self.bootstrap, group, topic, partitions)
+    }
+
+    /// Reads a group's committed offsets on a blocking thread, so the async runtime's workers
+    /// stay free for the sidecar and the handler server.
+    pub async fn committed_async(&self, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, Option<i64>> {
+        let bootstrap = self.bootstrap.clone();
+        let group = group.to_owned();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || read_committed(&bootstrap, &group, &topic, partitions))
+            .await
+            .expect("committed offsets read on a blocking thread")
+    }
+
+    /// Polls the broker until the group's committed offsets equal `expected` (index =
+    /// partition), for at most [`WAIT`]. Returns the last offsets read as the error.
+    pub async fn wait_for_committed(
         &self,
         group: &str,
         topic: &str,
-        partitions: i32,
-    ) -> BTreeMap<i32, Option<i64>> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", group)
-            .create()
-            .expect("inspection consumer created");
-        let mut list = TopicPartitionList::new();
-        for partition in 0..partitions {
-            list.add_partition(topic, partition);
+        expected: &[i64],
+    ) -> Result<(), BTreeMap<i32, Option<i64>>> {
+        let partitions = i32::try_from(expected.len()).expect("partition count fits i32");
+        let expected_offsets: BTreeMap<i32, Option<i64>> =
+            (0..partitions).zip(expected.iter().map(|offset| Some(*offset))).collect();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let committed = self.committed_async(group, topic, partitions).await;
+            if committed == expected_offsets {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(committed);
+            }
+            tokio::time::sleep(BROKER_POLL_INTERVAL).await;
         }
-        let committed = consumer
-            .committed_offsets(list, Duration::from_secs(10))
-            .expect("committed offsets read");
-        committed
-            .elements()
-            .iter()
-            .map(|element| {
-                let offset = match element.offset() {
-                    Offset::Offset(offset) => Some(offset),
-                    _ => None,
-                };
-                (element.partition(), offset)
-            })
-            .collect()
     }
+}
+
+/// Pause between two reads of the broker's committed offsets while polling for a value.
+const BROKER_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+fn read_committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, Option<i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("inspection consumer created");
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition(topic, partition);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).expect("committed offsets read");
+    committed
+        .elements()
+        .iter()
+        .map(|element| {
+            let offset = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            (element.partition(), offset)
+        })
+        .collect()
 }
 
 /// One record to produce.
@@ -123,6 +152,8 @@ pub struct TestRecord {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Create time in milliseconds since the Unix epoch; `None` lets the producer set it.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl TestRecord {
@@ -133,19 +164,24 @@ impl TestRecord {
             key: key.map(<[u8]>::to_vec),
             value: Some(value.to_vec()),
             headers: Vec::new(),
+            timestamp_ms: None,
         }
     }
 }
 
+/// Builds `count` records for one partition with keys `k0`, `k1`, … (cycling through `keys`
+/// of them) and values `v0`, `v1`, ….
+pub fn keyed_records(topic: &str, partition: i32, count: usize, keys: usize) -> Vec<TestRecord> {
+    (0..count)
+        .map(|i| {
+            TestRecord::new(topic, partition, Some(format!("k{}", i % keys).as_bytes()), format!("v{i}").as_bytes())
+        })
+        .collect()
+}
+
 /// Builds a sidecar configuration for `broker` and `topic` with a fresh group id and fast
 /// timings; `extra` overrides or adds variables.
-pub fn config(
-    broker: &Broker,
-    topic: &str,
-    group: &str,
-    endpoint: &str,
-    extra: &[(&str, &str)],
-) -> Config {
+pub fn config(broker: &Broker, topic: &str, group: &str, endpoint: &str, extra: &[(&str, &str)]) -> Config {
     try_config(broker, topic, group, endpoint, extra).expect("valid test configuration")
 }
 
@@ -189,14 +225,8 @@ pub struct ScriptedHandler {
 }
 
 impl ScriptedHandler {
-    pub fn new(
-        script: impl Fn(&HandleRequest) -> Result<(), Status> + Send + Sync + 'static,
-    ) -> ScriptedHandler {
-        ScriptedHandler {
-            calls: Arc::default(),
-            script: Arc::new(script),
-            changed: Arc::new(Notify::new()),
-        }
+    pub fn new(script: impl Fn(&HandleRequest) -> Result<(), Status> + Send + Sync + 'static) -> ScriptedHandler {
+        ScriptedHandler { calls: Arc::default(), script: Arc::new(script), changed: Arc::new(Notify::new()) }
     }
 
     pub fn ok() -> ScriptedHandler {
@@ -210,10 +240,7 @@ impl ScriptedHandler {
 
 #[tonic::async_trait]
 impl MessageHandler for ScriptedHandler {
-    async fn handle(
-        &self,
-        request: Request<HandleRequest>,
-    ) -> Result<Response<HandleResponse>, Status> {
+    async fn handle(&self, request: Request<HandleRequest>) -> Result<Response<HandleResponse>, Status> {
         let body = request.into_inner();
         let result = (self.script)(&body);
         self.calls.lock().unwrap().push(body);
@@ -222,34 +249,128 @@ impl MessageHandler for ScriptedHandler {
     }
 }
 
+/// One call as a [`RecordingHandler`] received it.
+#[derive(Clone, Debug)]
+pub struct ReceivedCall {
+    pub request: HandleRequest,
+    /// The `traceparent` request metadata, when present and valid ASCII.
+    pub traceparent: Option<String>,
+    /// When the server received the call.
+    pub received_at: Instant,
+}
+
+/// The behaviour of a [`RecordingHandler`] for one call. Its future may wait before it returns
+/// the status.
+pub type Behaviour = Arc<dyn Fn(HandleRequest) -> BoxFuture<'static, Result<(), Status>> + Send + Sync>;
+
+/// A real gRPC `MessageHandler` that records every call when it arrives, with its metadata,
+/// and then responds through an asynchronous behaviour that may wait, sleep or fail.
+#[derive(Clone)]
+pub struct RecordingHandler {
+    calls: Arc<Mutex<Vec<ReceivedCall>>>,
+    behaviour: Behaviour,
+    changed: Arc<Notify>,
+}
+
+impl RecordingHandler {
+    pub fn new<F, Fut>(behaviour: F) -> RecordingHandler
+    where
+        F: Fn(HandleRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Status>> + Send + 'static,
+    {
+        RecordingHandler {
+            calls: Arc::default(),
+            behaviour: Arc::new(move |request| Box::pin(behaviour(request))),
+            changed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Returns every call received so far, in arrival order.
+    pub fn calls(&self) -> Vec<ReceivedCall> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Returns the calls received for one offset, in arrival order.
+    pub fn calls_for(&self, partition: i32, offset: i64) -> Vec<ReceivedCall> {
+        self.calls()
+            .into_iter()
+            .filter(|call| call.request.partition == partition && call.request.offset == offset)
+            .collect()
+    }
+
+    /// Waits until `condition` holds for the calls received so far, re-checking after every
+    /// call, for at most `timeout`. Returns the calls, or the last calls seen as the error.
+    pub async fn wait_for_calls(
+        &self,
+        timeout: Duration,
+        mut condition: impl FnMut(&[ReceivedCall]) -> bool,
+    ) -> Result<Vec<ReceivedCall>, Vec<ReceivedCall>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            let calls = self.calls();
+            if condition(&calls) {
+                return Ok(calls);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(self.calls());
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl MessageHandler for RecordingHandler {
+    async fn handle(&self, request: Request<HandleRequest>) -> Result<Response<HandleResponse>, Status> {
+        let traceparent =
+            request.metadata().get("traceparent").and_then(|value| value.to_str().ok()).map(str::to_owned);
+        let body = request.into_inner();
+        self.calls.lock().unwrap().push(ReceivedCall {
+            request: body.clone(),
+            traceparent,
+            received_at: Instant::now(),
+        });
+        self.changed.notify_waiters();
+        (self.behaviour)(body).await.map(|()| Response::new(HandleResponse {}))
+    }
+}
+
 /// A running handler server; dropping `stop` or calling [`HandlerServer::stop`] ends it.
 pub struct HandlerServer {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    /// Second handles on every accepted socket, so that [`HandlerServer::kill`] can cut the
+    /// connections that the server's own tasks would keep open.
+    connections: Arc<Mutex<Vec<std::net::TcpStream>>>,
 }
 
 impl HandlerServer {
     /// Serves `handler` on a fresh loopback port.
     pub async fn start<S: MessageHandler>(handler: S) -> HandlerServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         HandlerServer::serve(handler, listener)
     }
 
     /// Serves `handler` on `addr`, for restarting a server on the port it had.
     pub async fn start_on<S: MessageHandler>(handler: S, addr: SocketAddr) -> HandlerServer {
-        let listener = TcpListener::bind(addr)
-            .await
-            .expect("rebind the same loopback port");
+        let listener = TcpListener::bind(addr).await.expect("rebind the same loopback port");
         HandlerServer::serve(handler, listener)
     }
 
     fn serve<S: MessageHandler>(handler: S, listener: TcpListener) -> HandlerServer {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let connections: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let tracked = connections.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |accepted| {
+            let socket = accepted?.into_std()?;
+            tracked.lock().unwrap().push(socket.try_clone()?);
+            tokio::net::TcpStream::from_std(socket)
+        });
         let task = tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(MessageHandlerServer::new(handler))
@@ -259,18 +380,15 @@ impl HandlerServer {
                 .await
                 .expect("handler server runs");
         });
-        HandlerServer {
-            addr,
-            stop: Some(stop),
-            task,
-        }
+        HandlerServer { addr, stop: Some(stop), task, connections }
     }
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting calls and closes the listener and every connection.
+    /// Stops accepting calls and closes the listener. A connection with a call still open may
+    /// outlive the stop; [`HandlerServer::kill`] cuts those too.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -278,25 +396,75 @@ impl HandlerServer {
         self.task.abort();
         let _ = (&mut self.task).await;
     }
+
+    /// Ends the server the way a crash would: closes the listener, then shuts down every
+    /// accepted socket, so open calls fail at once instead of running on.
+    pub async fn kill(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        for socket in self.connections.lock().unwrap().drain(..) {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Returns a loopback address whose port was free a moment ago, so nothing listens on it unless
+/// another process took the port since.
+pub fn free_loopback_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.local_addr().expect("local address")
+}
+
+/// Creates the gRPC handler client a sidecar with `config` would use.
+pub fn grpc_handler(config: &Config) -> GrpcHandler {
+    GrpcHandler::connect_lazy(
+        &config.handler_endpoint,
+        config.group_id.clone(),
+        config.handler_timeout,
+        config.pause_codes.clone(),
+    )
+    .expect("valid handler endpoint")
+}
+
+/// A sidecar running on a task of the test runtime until [`RunningSidecar::shutdown`].
+pub struct RunningSidecar {
+    pub stats: Arc<Stats>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<Summary, RunError>>,
+}
+
+impl RunningSidecar {
+    pub fn spawn<H: Handler>(sidecar: Sidecar<H>) -> RunningSidecar {
+        let stats = sidecar.stats();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(sidecar.run(async {
+            let _ = stopped.await;
+        }));
+        RunningSidecar { stats, stop: Some(stop), task }
+    }
+
+    /// Signals shutdown and waits for the run to end, for at most [`WAIT`].
+    pub async fn shutdown(mut self) -> Summary {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("sidecar stops within the wait bound")
+            .expect("sidecar task did not panic")
+            .expect("sidecar started")
+    }
 }
 
 /// A unique name for topics and groups, so tests sharing a process never collide.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Sends the library's logs to the test output; `RUST_LOG` filters them.
 pub fn init_logs() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
