@@ -272,6 +272,10 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
     }
 
     fn on_assigned(&mut self, partitions: Vec<TopicPartition>, paused: bool) {
+        // Cooperative rebalances can end with nothing added to this member.
+        if partitions.is_empty() {
+            return;
+        }
         for partition in &partitions {
             if self.partitions.contains_key(partition) {
                 // Assigned again without a revocation in between: start over as a new owner.
