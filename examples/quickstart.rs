@@ -134,6 +134,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
     let vars = [
         ("KAFKA_BROKERS", brokers.as_str()),
         ("KAFKA_GROUP_ID", GROUP),
+        ("SCC_HTTP_ADDR", "127.0.0.1:0"),
         ("KAFKA_TOPIC", TOPIC),
         ("HANDLER_ENDPOINT", endpoint.as_str()),
         ("SCC_MAX_IN_FLIGHT", "16"),

@@ -27,6 +27,10 @@ const MANAGED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
     ("enable.auto.offset.store", "nothing: kafka-scc stores offsets itself"),
 ];
 
+/// Default of `SCC_HTTP_ADDR`: all interfaces, so that the kubelet can reach the probes on the
+/// pod's address.
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:9464";
+
 /// The order in which messages of one partition may be handled concurrently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProcessingOrder {
@@ -79,6 +83,9 @@ pub struct Config {
     pub backoff_max: Duration,
     /// `SCC_HANDLER_TIMEOUT_MS`: kafka-scc's own deadline for one handler call.
     pub handler_timeout: Duration,
+    /// `SCC_HANDLER_READY_TIMEOUT_MS`: how long start-up waits for the handler's health service
+    /// to report SERVING before consuming anyway.
+    pub handler_ready_timeout: Duration,
     /// `SCC_SHUTDOWN_TIMEOUT_MS`: the bound on the whole shutdown, from signal to exit.
     pub shutdown_timeout: Duration,
     /// `SCC_COMMIT_INTERVAL_MS`: how often finished offsets are committed.
@@ -92,6 +99,9 @@ pub struct Config {
     /// `SCC_PARTITION_BUFFER`: fetched messages held per partition ahead of dispatch; a
     /// partition whose buffer is full is paused until it drains to half.
     pub partition_buffer: usize,
+    /// `SCC_HTTP_ADDR`: where `/metrics`, `/healthz` and `/readyz` are served; `None` when set
+    /// to `off`.
+    pub http_addr: Option<std::net::SocketAddr>,
     /// `SCC_LOG_FORMAT`: `text` or `json`.
     pub log_format: LogFormat,
     /// `KAFKA_CFG_<NAME>`: extra librdkafka properties, by librdkafka name.
@@ -171,11 +181,18 @@ impl Config {
             ));
         }
         let handler_timeout = env.millis("SCC_HANDLER_TIMEOUT_MS", 30_000, 1, 3_600_000)?;
+        let handler_ready_timeout = env.millis("SCC_HANDLER_READY_TIMEOUT_MS", 30_000, 0, 3_600_000)?;
         let shutdown_timeout = env.millis("SCC_SHUTDOWN_TIMEOUT_MS", 25_000, 100, 3_600_000)?;
         let commit_interval = env.millis("SCC_COMMIT_INTERVAL_MS", 500, 1, 600_000)?;
         let commit_unhealthy_after = env.millis("SCC_COMMIT_UNHEALTHY_AFTER_MS", 30_000, 1, 3_600_000)?;
         let revoke_timeout = env.millis("SCC_REVOKE_TIMEOUT_MS", 10_000, 0, 3_600_000)?;
         let partition_buffer = env.integer("SCC_PARTITION_BUFFER", 1_000, 1, 1_000_000)? as usize;
+        let http_addr = match env.get("SCC_HTTP_ADDR").unwrap_or(DEFAULT_HTTP_ADDR) {
+            "off" => None,
+            raw => Some(raw.parse().map_err(|_| {
+                ConfigError::new("SCC_HTTP_ADDR", raw, "expected ip:port, such as 0.0.0.0:9464, or off")
+            })?),
+        };
         let log_format = match env.get("SCC_LOG_FORMAT").unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -196,11 +213,13 @@ impl Config {
             backoff_base,
             backoff_max,
             handler_timeout,
+            handler_ready_timeout,
             shutdown_timeout,
             commit_interval,
             commit_unhealthy_after,
             revoke_timeout,
             partition_buffer,
+            http_addr,
             log_format,
             kafka_properties,
         })
@@ -216,7 +235,9 @@ impl Config {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Feeds the consumer-lag metric.
+            .set("statistics.interval.ms", "5000");
         for (name, value) in &self.kafka_properties {
             config.set(name, value);
         }
@@ -234,7 +255,7 @@ impl Config {
         let mut line = format!(
             "brokers={} group_id={} topics={} handler={} max_in_flight={} order={} pause_codes={} \
              backoff_base_ms={} backoff_max_ms={} handler_timeout_ms={} shutdown_timeout_ms={} \
-             commit_interval_ms={} commit_unhealthy_after_ms={} revoke_timeout_ms={} partition_buffer={}",
+             commit_interval_ms={} commit_unhealthy_after_ms={} revoke_timeout_ms={} partition_buffer={} http_addr={}",
             self.brokers,
             self.group_id,
             self.topics.join(","),
@@ -250,6 +271,7 @@ impl Config {
             self.commit_unhealthy_after.as_millis(),
             self.revoke_timeout.as_millis(),
             self.partition_buffer,
+            self.http_addr.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
         );
         for (name, value) in &self.kafka_properties {
             let shown = if is_secret_name(name) { "[redacted]" } else { value.as_str() };
@@ -431,6 +453,7 @@ mod tests {
             ("SCC_BACKOFF_BASE_MS", "-5"),
             ("SCC_HANDLER_TIMEOUT_MS", "1.5"),
             ("SCC_LOG_FORMAT", "xml"),
+            ("SCC_HTTP_ADDR", "localhost"),
             ("HANDLER_ENDPOINT", "127.0.0.1:50051"),
             ("KAFKA_TOPIC", "a,,b"),
             ("KAFKA_CFG_SESSION_TIMEOUT_MS", "soon"),

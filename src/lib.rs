@@ -48,7 +48,7 @@ pub mod proto {
 }
 
 pub use config::{Config, ConfigError, ProcessingOrder};
-pub use handler::{Disposition, GrpcHandler, Handler, HandlerError};
+pub use handler::{Disposition, GrpcHandler, Handler, HandlerError, Readiness};
 pub use message::{Message, TopicPartition};
 pub use sidecar::{RunError, Sidecar, Summary};
 pub use telemetry::Stats;

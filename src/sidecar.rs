@@ -10,10 +10,15 @@ use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::handler::Handler;
+use crate::handler::{Handler, Readiness};
 use crate::kafka::KafkaConsumer;
 use crate::pipeline::{Pipeline, PipelineSettings, ShutdownReport};
+use crate::telemetry::http::HttpServer;
 use crate::telemetry::{Stats, StatsSnapshot};
+
+/// The shortest time the pipeline loop may stand still before liveness fails; the loop turns
+/// at least once per commit interval, so a longer interval raises the limit to 20 intervals.
+const MIN_STALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// The smallest time given to closing the consumer, even when draining used up the timeout.
 const MIN_CLOSE_TIME: Duration = Duration::from_millis(100);
@@ -23,6 +28,8 @@ const MIN_CLOSE_TIME: Duration = Duration::from_millis(100);
 pub enum RunError {
     #[error("creating the Kafka consumer failed: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("listening for HTTP on {addr} failed: {source}")]
+    Http { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// The outcome of a run.
@@ -66,7 +73,32 @@ impl<H: Handler> Sidecar<H> {
         let Sidecar { config, handler, stats, backoff } = self;
         info!(config = %config.summary(), "kafka-scc starting");
 
-        let (consumer, control, events) = KafkaConsumer::start(&config)?;
+        let http = match config.http_addr {
+            Some(addr) => {
+                let stall_limit = (config.commit_interval * 20).max(MIN_STALL_LIMIT);
+                let server = HttpServer::start(addr, stats.clone(), stall_limit)
+                    .await
+                    .map_err(|source| RunError::Http { addr, source })?;
+                stats.record_http_addr(server.local_addr());
+                Some(server)
+            }
+            None => None,
+        };
+
+        stats.record_handler_ready(false);
+        match handler.wait_until_ready(config.handler_ready_timeout).await {
+            Readiness::Ready => info!("the handler reports SERVING"),
+            Readiness::Unknown => {
+                warn!("the handler serves no gRPC health service; assuming it is ready")
+            }
+            Readiness::TimedOut(reason) => warn!(
+                %reason, timeout_ms = config.handler_ready_timeout.as_millis() as u64,
+                "the handler did not report SERVING in time; consuming anyway, the gate pauses if it is unavailable"
+            ),
+        }
+        stats.record_handler_ready(true);
+
+        let (consumer, control, events) = KafkaConsumer::start(&config, stats.clone())?;
         let mut settings = PipelineSettings::from_config(&config);
         if let Some(backoff) = backoff {
             settings.backoff = backoff;
@@ -91,6 +123,9 @@ impl<H: Handler> Sidecar<H> {
             warn!("the Kafka consumer did not close within the shutdown timeout");
         }
         let shutdown_took = started.elapsed();
+        if let Some(http) = http {
+            http.stop().await;
+        }
         let stats = stats.snapshot();
         info!(
             handled = stats.handled(),

@@ -36,6 +36,7 @@ async fn binary_commits_and_stops_on_sigterm() {
         .envs([
             ("KAFKA_BROKERS", broker.bootstrap.as_str()),
             ("KAFKA_GROUP_ID", group.as_str()),
+            ("SCC_HTTP_ADDR", "127.0.0.1:0"),
             ("KAFKA_TOPIC", topic.as_str()),
             ("HANDLER_ENDPOINT", endpoint.as_str()),
             ("SCC_COMMIT_INTERVAL_MS", "50"),

@@ -11,17 +11,31 @@ use std::time::Duration;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tracing::debug;
 
 use super::classify::{CallFailure, classify};
-use super::{Handler, HandlerError};
+use super::{Handler, HandlerError, Readiness};
 use crate::message::{Message, TimestampType, traceparent_for};
 use crate::proto::message_handler_client::MessageHandlerClient;
 use crate::proto::{self, HandleRequest};
+
+/// The fully qualified name of the handler service, as registered with the health service.
+const HANDLER_SERVICE: &str = "scc.handler.v1.MessageHandler";
+
+/// How long one health check may take.
+const HEALTH_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the start-up check asks again while the handler is not serving.
+const HEALTH_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Calls a remote `MessageHandler` service.
 #[derive(Clone, Debug)]
 pub struct GrpcHandler {
     client: MessageHandlerClient<Channel>,
+    health: HealthClient<Channel>,
     group_id: String,
     timeout: Duration,
     pause_codes: HashSet<Code>,
@@ -45,7 +59,13 @@ impl GrpcHandler {
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
             .connect_lazy();
-        Ok(GrpcHandler { client: MessageHandlerClient::new(channel), group_id: group_id.into(), timeout, pause_codes })
+        Ok(GrpcHandler {
+            client: MessageHandlerClient::new(channel.clone()),
+            health: HealthClient::new(channel),
+            group_id: group_id.into(),
+            timeout,
+            pause_codes,
+        })
     }
 
     fn request(&self, message: &Message, attempt: u32) -> tonic::Request<HandleRequest> {
@@ -81,7 +101,48 @@ impl GrpcHandler {
     }
 }
 
+impl GrpcHandler {
+    /// Asks the standard gRPC health service once: for the `MessageHandler` service, then for
+    /// the server as a whole when the handler does not register the service name.
+    async fn check_health(&self) -> Result<Readiness, String> {
+        let mut health = self.health.clone();
+        for service in [HANDLER_SERVICE, ""] {
+            let request = tonic::Request::new(HealthCheckRequest { service: service.to_owned() });
+            match tokio::time::timeout(HEALTH_CALL_TIMEOUT, health.check(request)).await {
+                Ok(Ok(response)) => {
+                    let status = response.into_inner().status();
+                    return match status {
+                        ServingStatus::Serving => Ok(Readiness::Ready),
+                        other => Err(format!("health status {}", other.as_str_name())),
+                    };
+                }
+                Ok(Err(status)) if status.code() == Code::Unimplemented => return Ok(Readiness::Unknown),
+                Ok(Err(status)) if status.code() == Code::NotFound => continue,
+                Ok(Err(status)) => return Err(format!("{}: {}", status.code(), status.message())),
+                Err(_) => return Err(format!("no health answer within {} ms", HEALTH_CALL_TIMEOUT.as_millis())),
+            }
+        }
+        Err("the health service knows neither the MessageHandler service nor the server".to_owned())
+    }
+}
+
 impl Handler for GrpcHandler {
+    async fn wait_until_ready(&self, timeout: Duration) -> Readiness {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.check_health().await {
+                Ok(readiness) => return readiness,
+                Err(reason) if tokio::time::Instant::now() + HEALTH_RETRY_INTERVAL >= deadline => {
+                    return Readiness::TimedOut(reason);
+                }
+                Err(reason) => {
+                    debug!(%reason, "handler not serving yet; checking again");
+                    tokio::time::sleep(HEALTH_RETRY_INTERVAL).await;
+                }
+            }
+        }
+    }
+
     async fn handle(&self, message: &Message, attempt: u32) -> Result<(), HandlerError> {
         let request = self.request(message, attempt);
         let mut client = self.client.clone();

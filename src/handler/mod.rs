@@ -10,6 +10,7 @@ pub mod grpc;
 
 use std::fmt;
 use std::future::Future;
+use std::time::Duration;
 
 use tonic::Code;
 
@@ -70,4 +71,22 @@ impl std::error::Error for HandlerError {}
 /// every retry.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, message: &Message, attempt: u32) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Waits, at most `timeout`, until the handler reports that it can take calls. Called once
+    /// before consuming starts; the default reports ready at once.
+    fn wait_until_ready(&self, timeout: Duration) -> impl Future<Output = Readiness> + Send {
+        let _ = timeout;
+        async { Readiness::Ready }
+    }
+}
+
+/// What a handler's start-up check found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// The handler reported that it serves.
+    Ready,
+    /// The handler has no way to report readiness; it is assumed ready.
+    Unknown,
+    /// The handler did not report ready within the timeout; the last reason is kept.
+    TimedOut(String),
 }

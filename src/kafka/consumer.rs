@@ -31,6 +31,7 @@ use super::context::{SidecarContext, describe, offsets_list, partitions_list};
 use super::{Event, KafkaControl, Offsets};
 use crate::config::Config;
 use crate::message::{Message, TopicPartition};
+use crate::telemetry::Stats;
 
 /// How long one `poll` call may wait for a record; it bounds how quickly the thread notices a
 /// stop request.
@@ -60,6 +61,7 @@ impl KafkaConsumer {
     /// Returns the running consumer, the pipeline's handle on it and the event stream.
     pub fn start(
         config: &Config,
+        stats: Arc<Stats>,
     ) -> Result<(KafkaConsumer, ConsumerHandle, mpsc::UnboundedReceiver<Event>), KafkaError> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let events_tx_for_commits = events_tx.clone();
@@ -69,6 +71,7 @@ impl KafkaConsumer {
             fetch_paused: fetch_paused.clone(),
             closing: AtomicBool::new(false),
             revoke_timeout: config.revoke_timeout,
+            stats,
         };
         let consumer: BaseConsumer<SidecarContext> = config.consumer_config().create_with_context(context)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();

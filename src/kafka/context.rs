@@ -14,12 +14,14 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, error, info, warn};
 
 use super::Event;
 use crate::message::TopicPartition;
+use crate::telemetry::Stats;
 
 /// Extra time the revocation callback waits beyond the pipeline's own revoke timeout before it
 /// gives up on the pipeline's reply.
@@ -33,6 +35,7 @@ pub(crate) struct SidecarContext {
     /// revocations no longer wait for it.
     pub(crate) closing: AtomicBool,
     pub(crate) revoke_timeout: Duration,
+    pub(crate) stats: Arc<Stats>,
 }
 
 impl ClientContext for SidecarContext {
@@ -53,6 +56,19 @@ impl ClientContext for SidecarContext {
                 info!(target: "librdkafka", facility, "{message}")
             }
             RDKafkaLogLevel::Debug => debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        for (topic, topic_statistics) in &statistics.topics {
+            for (partition, partition_statistics) in &topic_statistics.partitions {
+                // Partition -1 is librdkafka's internal unassigned queue; undesired partitions
+                // are not (or no longer) assigned to this member.
+                if *partition < 0 || !partition_statistics.desired || partition_statistics.consumer_lag < 0 {
+                    continue;
+                }
+                self.stats.record_lag(topic, *partition, partition_statistics.consumer_lag);
+            }
         }
     }
 

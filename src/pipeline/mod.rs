@@ -88,6 +88,7 @@ struct Completion {
     pending: Pending,
     result: Result<(), HandlerError>,
     probe: bool,
+    elapsed: Duration,
 }
 
 /// A commit waiting for its result, with the generation of each partition at the
@@ -194,6 +195,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             }
             self.answer_revocations(Instant::now());
             self.dispatch();
+            self.stats.record_pipeline_alive();
         }
 
         let fatal_error = self.fatal_error.clone();
@@ -272,6 +274,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
     }
 
     fn on_assigned(&mut self, partitions: Vec<TopicPartition>, paused: bool) {
+        self.stats.record_joined();
         // Cooperative rebalances can end with nothing added to this member.
         if partitions.is_empty() {
             return;
@@ -365,14 +368,16 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                 // Workers catch panics, so only cancellation gets here, and cancellation only
                 // happens at the end of shutdown.
                 self.in_flight -= 1;
+                self.stats.record_call_ended();
                 error!(%error, "a handler task ended without a result");
             }
         }
     }
 
     fn on_completion(&mut self, completion: Completion) {
-        let Completion { pending, result, probe } = completion;
+        let Completion { pending, result, probe, elapsed } = completion;
         self.in_flight -= 1;
+        self.stats.record_call_ended();
         if probe {
             self.retries.probe_ended();
         }
@@ -392,14 +397,14 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         match result {
             Ok(()) => {
                 self.finish(&pending);
-                self.stats.record_success();
+                self.stats.record_success(&message.topic, elapsed);
                 if probe {
                     self.retries.probe_succeeded();
                     self.open_gate();
                 }
             }
             Err(error) if error.is_pause_eligible() => {
-                self.stats.record_pause_eligible();
+                self.stats.record_pause_eligible(&message.topic, &error, elapsed);
                 if self.draining {
                     warn!(
                         topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = %message.trace_id,
@@ -423,7 +428,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                     "handler rejected the message; committing it"
                 );
                 self.finish(&pending);
-                self.stats.record_non_pausing();
+                self.stats.record_non_pausing(&message.topic, &error, elapsed);
                 if probe {
                     // The handler answered, so it is reachable again even though it rejected
                     // this message.
@@ -448,7 +453,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
     fn close_gate(&mut self) {
         if self.gate.close(Instant::now()) {
             warn!("gate closed: handler unavailable; pausing fetching and retrying with backoff");
-            self.stats.record_gate(false);
+            self.stats.record_gate(false, None);
             self.control.set_fetch_paused(true);
             self.reconcile_all_pauses();
         }
@@ -461,7 +466,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                 retries_waiting = self.retries.len(),
                 "gate opened: resuming fetching"
             );
-            self.stats.record_gate(true);
+            self.stats.record_gate(true, Some(closed_for));
             self.control.set_fetch_paused(false);
             self.reconcile_all_pauses();
         }
@@ -515,6 +520,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             state.in_flight += 1;
         }
         self.in_flight += 1;
+        self.stats.record_call_started(&pending.message.topic, pending.attempt);
         if pending.attempt > 1 {
             let message = &pending.message;
             info!(
@@ -525,6 +531,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
 
         let handler = self.handler.clone();
         self.workers.spawn(async move {
+            let started = Instant::now();
             let call = handler.handle(&pending.message, pending.attempt);
             let result = AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|panic| {
                 let text = panic
@@ -534,7 +541,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                     .unwrap_or_else(|| "unknown panic".to_owned());
                 Err(HandlerError::non_pausing(Some(Code::Internal), format!("handler panicked: {text}")))
             });
-            Completion { pending, result, probe }
+            Completion { pending, result, probe, elapsed: started.elapsed() }
         });
     }
 

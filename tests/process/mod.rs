@@ -344,6 +344,7 @@ pub fn sidecar_env(
     let mut vars: Vec<(String, String)> = [
         ("KAFKA_BROKERS", bootstrap),
         ("KAFKA_GROUP_ID", group),
+        ("SCC_HTTP_ADDR", "127.0.0.1:0"),
         ("KAFKA_TOPIC", topic),
         ("HANDLER_ENDPOINT", handler_endpoint),
         ("SCC_LOG_FORMAT", "json"),

@@ -195,6 +195,9 @@ pub fn try_config(
     let mut vars: BTreeMap<String, String> = [
         ("KAFKA_BROKERS", broker.bootstrap.as_str()),
         ("KAFKA_GROUP_ID", group),
+        ("SCC_HTTP_ADDR", "127.0.0.1:0"),
+        // Tests that start the handler late would otherwise wait for its health check first.
+        ("SCC_HANDLER_READY_TIMEOUT_MS", "0"),
         ("KAFKA_TOPIC", topic),
         ("HANDLER_ENDPOINT", endpoint),
         ("SCC_COMMIT_INTERVAL_MS", "50"),

@@ -1,36 +1,25 @@
-//! Telemetry: logging set-up and the live counters of one sidecar run.
+//! The live counters of one sidecar run.
 //!
-//! [`Stats`] is written by the pipeline and read by anyone holding it: the run summary, tests
-//! that wait for a condition instead of sleeping, and later exporters. Counters are atomics;
-//! the per-partition maps sit behind a mutex that is taken only on commits and rebalances.
+//! [`Stats`] is written by the pipeline and read by anyone holding it: the run summary, the
+//! health endpoints, and tests that wait for a condition instead of sleeping. Counters are
+//! atomics; the per-partition maps sit behind a mutex that is taken only on commits and
+//! rebalances.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tracing_subscriber::EnvFilter;
+use tokio::time::Instant;
 
-use crate::config::LogFormat;
+use super::metrics::{Metrics, Outcome};
+use crate::handler::HandlerError;
+
 use crate::message::TopicPartition;
 
-/// Installs the global tracing subscriber: text or JSON lines on stderr, filtered by
-/// `RUST_LOG` (default `info`). Does nothing when a subscriber is already installed.
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colour codes only help a person at a terminal; log collectors would store them verbatim.
-    let ansi = std::io::stderr().is_terminal();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-}
-
 /// Live counters of one run.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     fetched: AtomicU64,
     succeeded: AtomicU64,
@@ -47,6 +36,43 @@ pub struct Stats {
     fatal_error: Mutex<Option<String>>,
     partitions: Mutex<PartitionMaps>,
     changed: Notify,
+    metrics: Metrics,
+    started: Instant,
+    /// Milliseconds from `started` to the pipeline loop's last turn.
+    pipeline_alive_ms: AtomicU64,
+    /// Set once the consumer has received its first assignment, even an empty one.
+    joined: AtomicBool,
+    /// Set once the handler passed its start-up health check, or has none to check.
+    handler_ready: AtomicBool,
+    http_addr: std::sync::OnceLock<std::net::SocketAddr>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            fetched: AtomicU64::default(),
+            succeeded: AtomicU64::default(),
+            non_pausing: AtomicU64::default(),
+            pause_eligible: AtomicU64::default(),
+            gate_closures: AtomicU64::default(),
+            gate_open: AtomicBool::new(true),
+            commit_failures: AtomicU64::default(),
+            commits_unhealthy: AtomicBool::default(),
+            rebalances: AtomicU64::default(),
+            consumer_errors: AtomicU64::default(),
+            poll_interval_exceeded: AtomicU64::default(),
+            offset_resets: AtomicU64::default(),
+            fatal_error: Mutex::default(),
+            partitions: Mutex::default(),
+            changed: Notify::new(),
+            metrics: Metrics::new(),
+            started: Instant::now(),
+            pipeline_alive_ms: AtomicU64::default(),
+            joined: AtomicBool::default(),
+            handler_ready: AtomicBool::new(true),
+            http_addr: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -104,7 +130,77 @@ impl StatsSnapshot {
 
 impl Stats {
     pub fn new() -> Stats {
-        Stats { gate_open: AtomicBool::new(true), ..Stats::default() }
+        Stats::default()
+    }
+
+    /// The Prometheus metrics that these counters feed.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Returns how long ago the pipeline loop last turned; zero before it started.
+    pub fn pipeline_idle_for(&self) -> std::time::Duration {
+        let alive_ms = self.pipeline_alive_ms.load(Ordering::Relaxed);
+        if alive_ms == 0 {
+            return std::time::Duration::ZERO;
+        }
+        let alive = std::time::Duration::from_millis(alive_ms);
+        self.started.elapsed().saturating_sub(alive)
+    }
+
+    /// Returns why this sidecar is not ready, or `None` when it is: it must have joined its
+    /// group, its handler must be reachable (start-up check passed and the gate open), and
+    /// commits must not be failing for longer than allowed.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if !self.handler_ready.load(Ordering::Relaxed) {
+            Some("the handler has not reported SERVING")
+        } else if !self.joined.load(Ordering::Relaxed) {
+            Some("no partition assignment received yet")
+        } else if !self.gate_open.load(Ordering::Relaxed) {
+            Some("the gate is closed: the handler is unavailable")
+        } else if self.commits_unhealthy.load(Ordering::Relaxed) {
+            Some("offset commits have been failing")
+        } else {
+            None
+        }
+    }
+
+    /// The address the HTTP endpoints listen on, once they do.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http_addr.get().copied()
+    }
+
+    pub(crate) fn record_http_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.http_addr.set(addr);
+    }
+
+    pub(crate) fn record_pipeline_alive(&self) {
+        // At least 1, because 0 means that the loop has not started.
+        let elapsed = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+        self.pipeline_alive_ms.store(elapsed, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_joined(&self) {
+        self.joined.store(true, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// Records whether the handler is ready to take calls, as its health check reports.
+    pub fn record_handler_ready(&self, ready: bool) {
+        self.handler_ready.store(ready, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn record_call_started(&self, topic: &str, attempt: u32) {
+        self.metrics.call_started(topic, attempt);
+    }
+
+    pub(crate) fn record_call_ended(&self) {
+        self.metrics.call_ended();
+    }
+
+    pub(crate) fn record_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.metrics.lag(topic, partition, lag);
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -156,22 +252,26 @@ impl Stats {
         self.changed.notify_waiters();
     }
 
-    pub(crate) fn record_success(&self) {
+    pub(crate) fn record_success(&self, topic: &str, latency: std::time::Duration) {
+        self.metrics.call_finished(topic, Outcome::Success, "OK", latency);
         self.succeeded.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_waiters();
     }
 
-    pub(crate) fn record_non_pausing(&self) {
+    pub(crate) fn record_non_pausing(&self, topic: &str, error: &HandlerError, latency: std::time::Duration) {
+        self.metrics.call_finished(topic, Outcome::NonPausing, error.code_name(), latency);
         self.non_pausing.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_waiters();
     }
 
-    pub(crate) fn record_pause_eligible(&self) {
+    pub(crate) fn record_pause_eligible(&self, topic: &str, error: &HandlerError, latency: std::time::Duration) {
+        self.metrics.call_finished(topic, Outcome::Retried, error.code_name(), latency);
         self.pause_eligible.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_waiters();
     }
 
-    pub(crate) fn record_gate(&self, open: bool) {
+    pub(crate) fn record_gate(&self, open: bool, closed_for: Option<std::time::Duration>) {
+        self.metrics.gate_changed(open, closed_for);
         if !open {
             self.gate_closures.fetch_add(1, Ordering::Relaxed);
         }
@@ -180,6 +280,7 @@ impl Stats {
     }
 
     pub(crate) fn record_commit_failure(&self) {
+        self.metrics.commit_failed();
         self.commit_failures.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_waiters();
     }
@@ -190,6 +291,7 @@ impl Stats {
     }
 
     pub(crate) fn record_consumer_error(&self, poll_interval_exceeded: bool, fatal: Option<String>) {
+        self.metrics.consumer_error();
         self.consumer_errors.fetch_add(1, Ordering::Relaxed);
         if poll_interval_exceeded {
             self.poll_interval_exceeded.fetch_add(1, Ordering::Relaxed);
@@ -211,23 +313,30 @@ impl Stats {
             for (partition, offset) in offsets {
                 let entry = maps.committed.entry(partition.clone()).or_insert(*offset);
                 *entry = (*entry).max(*offset);
+                let committed = *entry;
+                if maps.assigned.contains(partition) {
+                    self.metrics.committed(&partition.topic, partition.partition, committed);
+                }
             }
         }
         self.changed.notify_waiters();
     }
 
     pub(crate) fn record_assigned(&self, partitions: &[TopicPartition]) {
+        self.metrics.rebalanced();
         self.rebalances.fetch_add(1, Ordering::Relaxed);
         self.partitions.lock().expect("stats lock poisoned").assigned.extend(partitions.iter().cloned());
         self.changed.notify_waiters();
     }
 
     pub(crate) fn record_revoked(&self, partitions: &[TopicPartition]) {
+        self.metrics.rebalanced();
         self.rebalances.fetch_add(1, Ordering::Relaxed);
         {
             let mut maps = self.partitions.lock().expect("stats lock poisoned");
             for partition in partitions {
                 maps.assigned.remove(partition);
+                self.metrics.partition_revoked(&partition.topic, partition.partition);
             }
         }
         self.changed.notify_waiters();
@@ -245,7 +354,7 @@ mod tests {
         let writer = stats.clone();
         tokio::spawn(async move {
             for _ in 0..3 {
-                writer.record_success();
+                writer.record_success("t", std::time::Duration::from_millis(1));
                 tokio::task::yield_now().await;
             }
         });
