@@ -25,10 +25,12 @@ Configuration comes from the environment:
   SCC_HANDLER_TIMEOUT_MS   deadline of one handler call in ms (default 30000)
   SCC_SHUTDOWN_TIMEOUT_MS  bound on shutdown in ms (default 25000)
   SCC_COMMIT_INTERVAL_MS   commit interval in ms (default 500)
-  SCC_COMMIT_UNHEALTHY_AFTER_MS  report commits as failing after this long in ms (default 30000)
+  SCC_COMMIT_UNHEALTHY_AFTER_MS
+                           report commits as failing after this long in ms (default 30000)
   SCC_REVOKE_TIMEOUT_MS    wait for in-flight calls on revocation in ms (default 10000)
   SCC_PARTITION_BUFFER     fetched messages held per partition (default 1000)
-  SCC_HANDLER_READY_TIMEOUT_MS  wait for the handler's health service in ms (default 30000)
+  SCC_HANDLER_READY_TIMEOUT_MS
+                           wait for the handler's health service in ms (default 30000)
   SCC_HTTP_ADDR            /metrics, /healthz and /readyz listener, or off (default 0.0.0.0:9464)
   SCC_LOG_FORMAT           text or json (default text); filter with RUST_LOG
   KAFKA_CFG_<NAME>         any librdkafka property, e.g. KAFKA_CFG_SECURITY_PROTOCOL=ssl";

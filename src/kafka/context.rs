@@ -6,9 +6,10 @@
 //! synchronous commit, because offsets of revoked partitions must be committed while this
 //! consumer still owns them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -22,6 +23,7 @@ use tracing::{debug, error, info, warn};
 use super::Event;
 use crate::message::TopicPartition;
 use crate::telemetry::Stats;
+use crate::telemetry::repeat::RepeatLimiter;
 
 /// Extra time the revocation callback waits beyond the pipeline's own revoke timeout before it
 /// gives up on the pipeline's reply.
@@ -36,6 +38,8 @@ pub(crate) struct SidecarContext {
     pub(crate) closing: AtomicBool,
     pub(crate) revoke_timeout: Duration,
     pub(crate) stats: Arc<Stats>,
+    /// Client errors repeat many times a second while a broker is unreachable.
+    pub(crate) repeated_errors: Mutex<RepeatLimiter>,
 }
 
 impl ClientContext for SidecarContext {
@@ -74,7 +78,10 @@ impl ClientContext for SidecarContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         // librdkafka reports transient broker problems here too and recovers from them itself.
-        warn!(target: "librdkafka", %error, reason, "client error");
+        let admitted = self.repeated_errors.lock().map(|mut limiter| limiter.admit(reason, Instant::now()));
+        if let Ok(Some(left_out)) = admitted {
+            warn!(target: "librdkafka", %error, reason, repeats_left_out = left_out, "client error");
+        }
     }
 }
 

@@ -39,6 +39,7 @@ use crate::handler::{Handler, HandlerError};
 use crate::kafka::{Event, KafkaControl, Offsets};
 use crate::message::{Message, TopicPartition};
 use crate::telemetry::Stats;
+use crate::telemetry::repeat::RepeatLimiter;
 
 use partition::{PartitionState, Revocation};
 use retry::{CommitRetry, Retries};
@@ -117,6 +118,10 @@ pub struct Pipeline<H, C> {
     commit_retry: CommitRetry,
     /// Set by a fatal consumer error; the pipeline then stops.
     fatal_error: Option<String>,
+    repeated_errors: RepeatLimiter,
+    /// When the pipeline last logged that it is still waiting for its first assignment.
+    waiting_logged_at: Instant,
+    joined: bool,
     next_generation: u64,
     next_seq: u64,
     draining: bool,
@@ -148,6 +153,9 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             commit_in_flight: None,
             commit_retry,
             fatal_error: None,
+            repeated_errors: RepeatLimiter::new(Duration::from_secs(10)),
+            waiting_logged_at: Instant::now(),
+            joined: false,
             next_generation: 0,
             next_seq: 0,
             draining: false,
@@ -175,6 +183,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                 () = &mut shutdown => break,
                 _ = commit_timer.tick() => {
                     self.commit_finished();
+                    self.log_if_still_waiting();
                 }
                 () = tokio::time::sleep_until(retry_at.unwrap_or(far_future)), if retry_at.is_some() => {
                     self.retries.mark_due();
@@ -220,6 +229,16 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         }
     }
 
+    /// Logs every 10 s until the first assignment arrives, so that a slow group join is not
+    /// mistaken for an idle consumer.
+    fn log_if_still_waiting(&mut self) {
+        if self.joined || self.waiting_logged_at.elapsed() < Duration::from_secs(10) {
+            return;
+        }
+        self.waiting_logged_at = Instant::now();
+        info!("still waiting for the consumer group to assign partitions");
+    }
+
     fn on_consumer_error(&mut self, error: KafkaError) {
         let code = error.rdkafka_error_code();
         let poll_interval_exceeded = code == Some(RDKafkaErrorCode::PollExceeded);
@@ -229,8 +248,8 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             self.fatal_error = Some(error.to_string());
         } else if poll_interval_exceeded {
             error!(%error, "max.poll.interval.ms was exceeded and the consumer left its group; it rejoins on the next poll");
-        } else {
-            warn!(%error, "the consumer reported an error");
+        } else if let Some(left_out) = self.repeated_errors.admit(&error.to_string(), std::time::Instant::now()) {
+            warn!(%error, repeats_left_out = left_out, "the consumer reported an error");
         }
         self.stats.record_consumer_error(poll_interval_exceeded, fatal.then(|| error.to_string()));
     }
@@ -275,6 +294,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
 
     fn on_assigned(&mut self, partitions: Vec<TopicPartition>, paused: bool) {
         self.stats.record_joined();
+        self.joined = true;
         // Cooperative rebalances can end with nothing added to this member.
         if partitions.is_empty() {
             return;

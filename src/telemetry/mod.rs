@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod repeat;
 pub mod stats;
 
 use std::io::IsTerminal;
