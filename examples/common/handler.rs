@@ -199,13 +199,18 @@ pub fn start_handler<S: MessageHandler>(service: S, listener: TcpListener) -> st
 }
 
 /// Serves `service` on `listener` until `shutdown` completes, then lets running calls finish.
+/// The standard gRPC health service reports `MessageHandler` as SERVING, which kafka-scc waits
+/// for before it consumes.
 pub async fn serve_handler<S: MessageHandler>(
     service: S,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<MessageHandlerServer<S>>().await;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(MessageHandlerServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
