@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rand::Rng;
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 
-/// How the record's timestamp was set.
+/// The source of the record's timestamp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimestampType {
     NotAvailable,
@@ -107,7 +107,7 @@ impl Message {
     }
 }
 
-/// Takes the trace id from the first `traceparent` header that holds a valid W3C trace context.
+/// Takes the trace id from the first `traceparent` header that contains a valid W3C trace context.
 pub fn trace_id_from_headers(headers: &[Header]) -> Option<String> {
     headers
         .iter()

@@ -68,12 +68,12 @@ impl CommitTracker {
         Ok(())
     }
 
-    /// The next offset that may be committed, if any offset has finished.
+    /// Returns the next offset that may be committed, if any offset has finished.
     pub fn committable(&self) -> Option<i64> {
         self.committable
     }
 
-    /// The committable offset when it is above the last committed one.
+    /// Returns the committable offset when it is above the last committed one.
     pub fn commit_candidate(&self) -> Option<i64> {
         match (self.committable, self.committed) {
             (Some(next), Some(done)) if next <= done => None,

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use crate::config::ProcessingOrder;
 use crate::message::TopicPartition;
 
-/// What separates the lanes of one partition.
+/// The key that separates the lanes of one partition.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum LaneKey {
     Partition,
@@ -31,7 +31,7 @@ pub enum LaneKey {
 }
 
 impl LaneKey {
-    /// The lane of a message with `key` and `offset` under `order`.
+    /// Returns the lane of a message with `key` and `offset` under `order`.
     pub fn for_message(order: ProcessingOrder, key: Option<&Bytes>, offset: i64) -> LaneKey {
         match (order, key) {
             (ProcessingOrder::Partition, _) => LaneKey::Partition,
@@ -138,7 +138,7 @@ impl<T> Scheduler<T> {
         self.queued
     }
 
-    /// Whether a lane is queued or busy; mostly for tests and assertions.
+    /// Returns true when a lane has queued items or is busy (used by tests and assertions).
     pub fn has_lane(&self, lane_id: &LaneId) -> bool {
         self.lanes.contains_key(lane_id)
     }

@@ -3,7 +3,7 @@
 //!
 //! Rules, in order:
 //! 1. kafka-scc's own deadline expired: pause-eligible.
-//! 2. No answer came from the handler (connection refused or reset, HTTP/2 error): pause-eligible,
+//! 2. No response came from the handler (connection refused or reset, HTTP/2 error): pause-eligible,
 //!    whatever code the client library reports for it. tonic reports some of these as `Unknown`
 //!    or `Cancelled`; it marks every status it builds from a local error by attaching that error
 //!    as the status's `source`, while a status decoded from the handler's response has none.
@@ -50,7 +50,7 @@ const ALL_CODES: &[Code] = &[
     Code::Unauthenticated,
 ];
 
-/// How a handler call failed, before classification.
+/// The failure of a handler call, before classification.
 #[derive(Debug)]
 pub enum CallFailure {
     /// kafka-scc's own deadline (`SCC_HANDLER_TIMEOUT_MS`) expired.
@@ -98,7 +98,7 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// The canonical upper-case name of a code, as in the gRPC specification.
+/// Returns the canonical upper-case name of a code, as in the gRPC specification.
 pub fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",

@@ -28,7 +28,7 @@ const HANDLER_SERVICE: &str = "scc.handler.v1.MessageHandler";
 /// How long one health check may take.
 const HEALTH_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How often the start-up check asks again while the handler is not serving.
+/// The interval between start-up health checks while the handler is not serving.
 const HEALTH_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Calls a remote `MessageHandler` service.

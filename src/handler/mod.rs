@@ -1,7 +1,7 @@
 //! The handler seam: the [`Handler`] trait the pipeline calls for every message, the error it
 //! returns, and its gRPC implementation.
 //!
-//! A handler knows nothing about Kafka offsets or commits. It only says whether a message
+//! A handler sees nothing of Kafka offsets or commits. It only says whether a message
 //! succeeded, failed in a way worth pausing for (the downstream is unavailable, so the same
 //! message would succeed later), or failed for good (the message itself is bad).
 
@@ -19,7 +19,7 @@ use crate::message::Message;
 pub use classify::{CallFailure, DEFAULT_PAUSE_CODES, classify};
 pub use grpc::GrpcHandler;
 
-/// What the pipeline does with a failed message.
+/// The pipeline's treatment of a failed message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {
     /// Close the gate, retry the same message until it succeeds, keep its offset uncommitted.
@@ -50,7 +50,7 @@ impl HandlerError {
         self.disposition == Disposition::PauseEligible
     }
 
-    /// The code's canonical name (`UNAVAILABLE`), or `NONE` when the failure has no code.
+    /// Returns the code's canonical name (`UNAVAILABLE`), or `NONE` when the failure has no code.
     pub fn code_name(&self) -> &'static str {
         self.code.map(classify::code_name).unwrap_or("NONE")
     }
@@ -80,7 +80,7 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
-/// What a handler's start-up check found.
+/// The result of a handler's start-up check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Readiness {
     /// The handler reported that it serves.

@@ -18,12 +18,12 @@ pub use consumer::{ConsumerHandle, KafkaConsumer};
 /// Offsets to commit: the next offset to read, per partition.
 pub type Offsets = Vec<(TopicPartition, i64)>;
 
-/// What the poll thread reports to the pipeline, in the order it happened.
+/// A report from the poll thread to the pipeline, sent in the order things happened.
 #[derive(Debug)]
 pub enum Event {
     /// A record was fetched.
     Fetched(Message),
-    /// Partitions were added to the assignment. `paused` says whether the poll thread already
+    /// Partitions were added to the assignment. `paused` is true when the poll thread already
     /// paused them because fetching was paused when they arrived.
     Assigned { partitions: Vec<TopicPartition>, paused: bool },
     /// Partitions are being revoked. The poll thread waits, bounded, for the pipeline to send

@@ -450,7 +450,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                 self.finish(&pending);
                 self.stats.record_non_pausing(&message.topic, &error, elapsed);
                 if probe {
-                    // The handler answered, so it is reachable again even though it rejected
+                    // The handler responded, so it is reachable again even though it rejected
                     // this message.
                     self.retries.probe_succeeded();
                     self.open_gate();

@@ -1,8 +1,8 @@
 //! The HTTP listener for operators: Prometheus metrics on `/metrics`, liveness on `/healthz`
 //! and readiness on `/readyz`.
 //!
-//! Liveness only says that the pipeline loop still turns, so that a restart can fix it;
-//! readiness says whether this member is doing useful work (see
+//! Liveness only reports that the pipeline loop still turns, so that a restart can fix it.
+//! Readiness reports whether this member is doing useful work (see
 //! [`Stats::not_ready_reason`]).
 
 use std::net::SocketAddr;
@@ -63,7 +63,7 @@ impl HttpServer {
         Ok(HttpServer { addr, stop, task })
     }
 
-    /// The bound address, with the port the system chose when the configured one was 0.
+    /// Returns the bound address, with the port the system chose when the configured one was 0.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }

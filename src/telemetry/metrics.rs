@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// What happened to one handler call.
+/// The outcome of one handler call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
     Success,
@@ -151,7 +151,7 @@ impl Metrics {
     /// Encodes every metric in the Prometheus text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();
-        // Writing into a String cannot fail.
+        // `fmt::Write` for String never returns an error.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
     }

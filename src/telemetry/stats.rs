@@ -133,7 +133,7 @@ impl Stats {
         Stats::default()
     }
 
-    /// The Prometheus metrics that these counters feed.
+    /// Returns the Prometheus metrics that these counters feed.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -165,7 +165,7 @@ impl Stats {
         }
     }
 
-    /// The address the HTTP endpoints listen on, once they do.
+    /// Returns the address the HTTP endpoints listen on, once they are bound.
     pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
         self.http_addr.get().copied()
     }
