@@ -104,7 +104,15 @@ pub struct Config {
     pub http_addr: Option<std::net::SocketAddr>,
     /// `SCC_LOG_FORMAT`: `text` or `json`.
     pub log_format: LogFormat,
-    /// `KAFKA_CFG_<NAME>`: extra librdkafka properties, by librdkafka name.
+    /// `SCC_DLQ_TOPIC`: where messages that failed non-pausing are produced before their offset
+    /// is committed; `None` logs and commits them.
+    pub dead_letter_topic: Option<String>,
+    /// `SCC_DLQ_TIMEOUT_MS`: how long one dead-letter produce may take until the broker
+    /// acknowledges it (librdkafka's `message.timeout.ms`). A produce that fails or times out is
+    /// retried like a pause-eligible failure.
+    pub dead_letter_timeout: Duration,
+    /// `KAFKA_CFG_<NAME>`: extra librdkafka properties, by librdkafka name; they apply to the
+    /// consumer and to the dead-letter producer.
     pub kafka_properties: BTreeMap<String, String>,
 }
 
@@ -200,6 +208,8 @@ impl Config {
                 return Err(ConfigError::new("SCC_LOG_FORMAT", other, "expected text or json"));
             }
         };
+        let dead_letter_topic = parse_dead_letter_topic(&env, &topics)?;
+        let dead_letter_timeout = env.millis("SCC_DLQ_TIMEOUT_MS", 30_000, 1, 3_600_000)?;
         let kafka_properties = parse_kafka_properties(&vars)?;
 
         Ok(Config {
@@ -221,6 +231,8 @@ impl Config {
             partition_buffer,
             http_addr,
             log_format,
+            dead_letter_topic,
+            dead_letter_timeout,
             kafka_properties,
         })
     }
@@ -241,6 +253,25 @@ impl Config {
         for (name, value) in &self.kafka_properties {
             config.set(name, value);
         }
+        config
+    }
+
+    /// Builds the librdkafka configuration of the dead-letter producer: the brokers, every
+    /// `KAFKA_CFG_*` property and `acks=all`. The producer shares the consumer's security
+    /// settings, and librdkafka ignores the consumer-only properties. With `acks=all`, a
+    /// delivery report means that every in-sync replica stored the record.
+    ///
+    /// The idempotent producer is left off on purpose: some of its errors are fatal and would
+    /// leave the producer unable to send until restarted, which would stall the pipeline; a
+    /// rare duplicate on the dead-letter topic fits the at-least-once guarantee.
+    pub fn dead_letter_producer_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers).set("acks", "all").set("linger.ms", "5");
+        for (name, value) in &self.kafka_properties {
+            config.set(name, value);
+        }
+        // Set last: the pipeline's own wait for the delivery report relies on this bound.
+        config.set("message.timeout.ms", self.dead_letter_timeout.as_millis().to_string());
         config
     }
 
@@ -276,6 +307,9 @@ impl Config {
         for (name, value) in &self.kafka_properties {
             let shown = if is_secret_name(name) { "[redacted]" } else { value.as_str() };
             line.push_str(&format!(" {name}={shown}"));
+        }
+        if let Some(topic) = &self.dead_letter_topic {
+            line.push_str(&format!(" dlq_topic={topic} dlq_timeout_ms={}", self.dead_letter_timeout.as_millis()));
         }
         line
     }
@@ -325,20 +359,47 @@ fn parse_topics(env: &Env<'_>) -> Result<Vec<String>, ConfigError> {
         ));
     };
     let topics: Vec<String> = raw.split(',').map(|topic| topic.trim().to_owned()).collect();
-    let valid = |topic: &String| {
-        !topic.is_empty()
-            && topic.len() <= 249
-            && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    };
-    if topics.iter().all(valid) {
+    if topics.iter().all(|topic| is_topic_name(topic)) {
         Ok(topics)
     } else {
         Err(ConfigError::new(
             "KAFKA_TOPIC",
             raw,
-            "expected a comma list of topic names made of ASCII letters, digits, '.', '_' and '-' (1 to 249 characters each)",
+            format!("expected a comma list of topic names, each made of {TOPIC_NAME_FORM}"),
         ))
     }
+}
+
+/// The accepted form of a Kafka topic name, for error messages.
+const TOPIC_NAME_FORM: &str = "ASCII letters, digits, '.', '_' and '-' (1 to 249 characters)";
+
+fn is_topic_name(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 249
+        && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn parse_dead_letter_topic(env: &Env<'_>, topics: &[String]) -> Result<Option<String>, ConfigError> {
+    let Some(raw) = env.get("SCC_DLQ_TOPIC") else {
+        return Ok(None);
+    };
+    let topic = raw.trim();
+    if topic.is_empty() {
+        return Ok(None);
+    }
+    if !is_topic_name(topic) {
+        return Err(ConfigError::new("SCC_DLQ_TOPIC", raw, format!("expected a topic name made of {TOPIC_NAME_FORM}")));
+    }
+    // A dead-letter topic that is also consumed would hand every rejected message back to
+    // the handler that rejected it, forever.
+    if topics.iter().any(|consumed| consumed == topic) {
+        return Err(ConfigError::new(
+            "SCC_DLQ_TOPIC",
+            raw,
+            "expected a topic that kafka-scc does not consume (it is also in KAFKA_TOPIC)",
+        ));
+    }
+    Ok(Some(topic.to_owned()))
 }
 
 fn parse_endpoint(env: &Env<'_>) -> Result<String, ConfigError> {
@@ -459,6 +520,9 @@ mod tests {
             ("KAFKA_CFG_SESSION_TIMEOUT_MS", "soon"),
             ("KAFKA_CFG_NO_SUCH_PROPERTY", "1"),
             ("KAFKA_CFG_ENABLE_AUTO_COMMIT", "true"),
+            ("SCC_DLQ_TOPIC", "bad topic"),
+            ("SCC_DLQ_TOPIC", "events"),
+            ("SCC_DLQ_TIMEOUT_MS", "0"),
         ];
         for (variable, value) in cases {
             let error = config(&[(variable, value)]).unwrap_err();
@@ -493,6 +557,18 @@ mod tests {
         assert!(!summary.contains("hunter2"), "{summary}");
         assert!(summary.contains("sasl.password=[redacted]"), "{summary}");
         assert!(summary.contains("sasl.username=alice"), "{summary}");
+    }
+
+    #[test]
+    fn dead_letter_topic_configures_producer() {
+        assert_eq!(config(&[]).unwrap().dead_letter_topic, None);
+        let config = config(&[("SCC_DLQ_TOPIC", "events.dlq"), ("KAFKA_CFG_SECURITY_PROTOCOL", "plaintext")]).unwrap();
+        assert_eq!(config.dead_letter_topic.as_deref(), Some("events.dlq"));
+        let producer = config.dead_letter_producer_config();
+        assert_eq!(producer.get("acks"), Some("all"));
+        assert_eq!(producer.get("message.timeout.ms"), Some("30000"));
+        assert_eq!(producer.get("security.protocol"), Some("plaintext"));
+        assert!(config.summary().contains("dlq_topic=events.dlq"));
     }
 
     #[test]

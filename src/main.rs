@@ -33,6 +33,8 @@ Configuration comes from the environment:
                            wait for the handler's health service in ms (default 30000)
   SCC_HTTP_ADDR            /metrics, /healthz and /readyz listener, or off (default 0.0.0.0:9464)
   SCC_LOG_FORMAT           text or json (default text); filter with RUST_LOG
+  SCC_DLQ_TOPIC            dead-letter topic for non-pausing failures (default unset: log and commit)
+  SCC_DLQ_TIMEOUT_MS       bound on one dead-letter produce in ms (default 30000)
   KAFKA_CFG_<NAME>         any librdkafka property, e.g. KAFKA_CFG_SECURITY_PROTOCOL=ssl";
 
 /// Kafka consumer sidecar: forwards each message to a gRPC handler and commits offsets in order.

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::handler::{Handler, Readiness};
-use crate::kafka::KafkaConsumer;
+use crate::kafka::{DeadLetterProducer, KafkaConsumer};
 use crate::pipeline::{Pipeline, PipelineSettings, ShutdownReport};
 use crate::telemetry::http::HttpServer;
 use crate::telemetry::{Stats, StatsSnapshot};
@@ -28,6 +28,8 @@ const MIN_CLOSE_TIME: Duration = Duration::from_millis(100);
 pub enum RunError {
     #[error("creating the Kafka consumer failed: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("creating the dead-letter producer failed: {0}")]
+    DeadLetter(KafkaError),
     #[error("listening for HTTP on {addr} failed: {source}")]
     Http { addr: std::net::SocketAddr, source: std::io::Error },
 }
@@ -98,12 +100,13 @@ impl<H: Handler> Sidecar<H> {
         }
         stats.record_handler_ready(true);
 
+        let dead_letter = DeadLetterProducer::from_config(&config).map_err(RunError::DeadLetter)?.map(Arc::new);
         let (consumer, control, events) = KafkaConsumer::start(&config, stats.clone())?;
         let mut settings = PipelineSettings::from_config(&config);
         if let Some(backoff) = backoff {
             settings.backoff = backoff;
         }
-        let pipeline = Pipeline::new(handler, control, events, stats.clone(), settings);
+        let pipeline = Pipeline::new(handler, control, events, stats.clone(), settings).with_dead_letter(dead_letter);
 
         let signalled_at: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
         let shutdown = {
@@ -131,6 +134,7 @@ impl<H: Handler> Sidecar<H> {
             handled = stats.handled(),
             succeeded = stats.succeeded,
             non_pausing = stats.non_pausing,
+            dead_lettered = stats.dead_lettered,
             retried = stats.pause_eligible,
             shutdown_ms = shutdown_took.as_millis() as u64,
             "kafka-scc stopped"

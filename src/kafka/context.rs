@@ -29,6 +29,19 @@ use crate::telemetry::repeat::RepeatLimiter;
 /// gives up on the pipeline's reply.
 const REVOKE_REPLY_SLACK: Duration = Duration::from_secs(5);
 
+/// Emits one librdkafka log line as a tracing event with the `librdkafka` target, at the
+/// matching level.
+pub(crate) fn forward_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            error!(target: "librdkafka", facility, "{message}")
+        }
+        RDKafkaLogLevel::Warning => warn!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => info!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Debug => debug!(target: "librdkafka", facility, "{message}"),
+    }
+}
+
 pub(crate) struct SidecarContext {
     pub(crate) events: UnboundedSender<Event>,
     /// Partitions assigned while this is set start paused.
@@ -44,22 +57,11 @@ pub(crate) struct SidecarContext {
 
 impl ClientContext for SidecarContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                error!(target: "librdkafka", facility, "{message}")
-            }
-            RDKafkaLogLevel::Warning => {
-                warn!(target: "librdkafka", facility, "{message}");
-                // librdkafka logs offset resets caused by errors at warning level under this
-                // facility (librdkafka 2.12, rdkafka_offset.c).
-                if facility == "OFFSET" && message.contains("offset reset") {
-                    let _ = self.events.send(Event::OffsetReset);
-                }
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                info!(target: "librdkafka", facility, "{message}")
-            }
-            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", facility, "{message}"),
+        forward_log(level, facility, message);
+        // librdkafka logs offset resets caused by errors at warning level under this facility
+        // (librdkafka 2.12, rdkafka_offset.c).
+        if matches!(level, RDKafkaLogLevel::Warning) && facility == "OFFSET" && message.contains("offset reset") {
+            let _ = self.events.send(Event::OffsetReset);
         }
     }
 

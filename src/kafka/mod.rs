@@ -1,11 +1,12 @@
-//! The Kafka side: the librdkafka consumer, the thread that polls it, and the rebalance
-//! handshake with the pipeline.
+//! The Kafka side: the librdkafka consumer, the thread that polls it, the rebalance
+//! handshake with the pipeline, and the dead-letter producer.
 //!
 //! The poll thread turns everything librdkafka reports into [`Event`]s for the pipeline; the
 //! pipeline acts on Kafka through [`KafkaControl`], whose calls never block.
 
 mod consumer;
 mod context;
+pub mod dead_letter;
 
 use std::sync::mpsc::SyncSender;
 
@@ -14,6 +15,7 @@ use rdkafka::error::KafkaError;
 use crate::message::{Message, TopicPartition};
 
 pub use consumer::{ConsumerHandle, KafkaConsumer};
+pub use dead_letter::DeadLetterProducer;
 
 /// Offsets to commit: the next offset to read, per partition.
 pub type Offsets = Vec<(TopicPartition, i64)>;

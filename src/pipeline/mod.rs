@@ -13,6 +13,9 @@
 //!   results from an earlier ownership are discarded.
 //! - A pause-eligible failure keeps its lane busy, so nothing behind it in the same lane can
 //!   overtake it, and keeps its offset uncommitted until a retry succeeds.
+//! - With a dead-letter topic, a non-pausing failure finishes only once the broker acknowledged
+//!   its dead-letter record. A failed dead-letter produce is retried like a pause-eligible
+//!   failure, without calling the handler again.
 
 mod partition;
 mod retry;
@@ -36,7 +39,7 @@ use crate::config::{Config, ProcessingOrder};
 use crate::dispatch::{LaneId, LaneKey, Scheduler};
 use crate::gate::Gate;
 use crate::handler::{Handler, HandlerError};
-use crate::kafka::{Event, KafkaControl, Offsets};
+use crate::kafka::{DeadLetterProducer, Event, KafkaControl, Offsets};
 use crate::message::{Message, TopicPartition};
 use crate::telemetry::Stats;
 use crate::telemetry::repeat::RepeatLimiter;
@@ -80,15 +83,35 @@ pub(crate) struct Pending {
     generation: u64,
     /// Fetch order across all partitions; orders retries.
     seq: u64,
-    /// Handler calls made so far for this message.
+    /// Handler calls made so far for this message, counting dead-letter retries.
     attempt: u32,
+    /// The handler's rejection, once a dead-letter produce for it failed: the retry produces
+    /// again without asking the handler.
+    rejection: Option<HandlerError>,
 }
 
-/// A finished handler call.
+/// The result of one message handed to a worker.
+enum CallResult {
+    Succeeded,
+    /// Pause-eligible failure: retry the message.
+    Unavailable(HandlerError),
+    /// Non-pausing failure with no dead-letter topic set: log and commit.
+    Rejected(HandlerError),
+    /// Non-pausing failure whose dead-letter record the broker acknowledged: commit.
+    DeadLettered(HandlerError),
+    /// Non-pausing failure whose dead-letter produce failed: retry the produce.
+    DeadLetterFailed {
+        rejection: HandlerError,
+        error: KafkaError,
+    },
+}
+
+/// A finished worker.
 struct Completion {
     pending: Pending,
-    result: Result<(), HandlerError>,
+    result: CallResult,
     probe: bool,
+    /// Duration of the handler call alone; zero when the handler was not called.
     elapsed: Duration,
 }
 
@@ -102,6 +125,7 @@ struct CommitInFlight {
 /// [`Pipeline::run`].
 pub struct Pipeline<H, C> {
     handler: Arc<H>,
+    dead_letter: Option<Arc<DeadLetterProducer>>,
     control: C,
     events: UnboundedReceiver<Event>,
     stats: Arc<Stats>,
@@ -139,6 +163,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         let commit_retry = CommitRetry::new(settings.commit_interval);
         Pipeline {
             handler,
+            dead_letter: None,
             control,
             events,
             stats,
@@ -160,6 +185,12 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             next_seq: 0,
             draining: false,
         }
+    }
+
+    /// Sends messages that fail non-pausing to the dead-letter topic before they are committed.
+    pub fn with_dead_letter(mut self, producer: Option<Arc<DeadLetterProducer>>) -> Self {
+        self.dead_letter = producer;
+        self
     }
 
     /// Runs until `shutdown` completes or the poll thread stops, then drains: in-flight calls
@@ -288,7 +319,10 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.stats.record_fetched();
-        self.scheduler.push(lane.clone(), Pending { message: Arc::new(message), lane, generation, seq, attempt: 0 });
+        self.scheduler.push(
+            lane.clone(),
+            Pending { message: Arc::new(message), lane, generation, seq, attempt: 0, rejection: None },
+        );
         self.reconcile_pause(&partition);
     }
 
@@ -415,7 +449,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         state.in_flight -= 1;
 
         match result {
-            Ok(()) => {
+            CallResult::Succeeded => {
                 self.finish(&pending);
                 self.stats.record_success(&message.topic, elapsed);
                 if probe {
@@ -423,7 +457,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                     self.open_gate();
                 }
             }
-            Err(error) if error.is_pause_eligible() => {
+            CallResult::Unavailable(error) => {
                 self.stats.record_pause_eligible(&message.topic, &error, elapsed);
                 if self.draining {
                     warn!(
@@ -439,9 +473,9 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                     "handler unavailable; message will be retried"
                 );
                 self.retries.add(pending);
-                self.close_gate();
+                self.close_gate("handler unavailable");
             }
-            Err(error) => {
+            CallResult::Rejected(error) => {
                 error!(
                     topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = %message.trace_id,
                     grpc.code = error.code_name(), error = %error.message, attempt = pending.attempt,
@@ -449,13 +483,48 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                 );
                 self.finish(&pending);
                 self.stats.record_non_pausing(&message.topic, &error, elapsed);
-                if probe {
-                    // The handler responded, so it is reachable again even though it rejected
-                    // this message.
-                    self.retries.probe_succeeded();
-                    self.open_gate();
-                }
+                self.on_rejection_settled(probe);
             }
+            CallResult::DeadLettered(error) => {
+                error!(
+                    topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = %message.trace_id,
+                    grpc.code = error.code_name(), error = %error.message, attempt = pending.attempt,
+                    dead_letter_topic = self.dead_letter.as_ref().map(|producer| producer.topic()).unwrap_or_default(),
+                    "handler rejected the message; produced it to the dead-letter topic and committing it"
+                );
+                self.finish(&pending);
+                self.stats.record_dead_lettered(&message.topic, &error, elapsed);
+                self.on_rejection_settled(probe);
+            }
+            CallResult::DeadLetterFailed { rejection, error } => {
+                self.stats.record_dead_letter_failure(&message.topic);
+                if self.draining {
+                    warn!(
+                        topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = %message.trace_id,
+                        grpc.code = rejection.code_name(), %error,
+                        "producing a rejected message to the dead-letter topic failed during shutdown; message left uncommitted"
+                    );
+                    return;
+                }
+                warn!(
+                    topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = %message.trace_id,
+                    grpc.code = rejection.code_name(), %error, attempt = pending.attempt,
+                    "producing a rejected message to the dead-letter topic failed; the produce will be retried"
+                );
+                let mut pending = pending;
+                pending.rejection = Some(rejection);
+                self.retries.add(pending);
+                self.close_gate("dead-letter topic unavailable");
+            }
+        }
+    }
+
+    /// A message the handler rejected is settled: when it was the retry probe, the path it
+    /// took (the handler, and the dead-letter topic if set) works again, so the gate opens.
+    fn on_rejection_settled(&mut self, probe: bool) {
+        if probe {
+            self.retries.probe_succeeded();
+            self.open_gate();
         }
     }
 
@@ -470,9 +539,10 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         self.scheduler.release(&pending.lane);
     }
 
-    fn close_gate(&mut self) {
+    /// Closes the gate; `reason` names the part of the path that failed, for the log.
+    fn close_gate(&mut self, reason: &'static str) {
         if self.gate.close(Instant::now()) {
-            warn!("gate closed: handler unavailable; pausing fetching and retrying with backoff");
+            warn!(reason, "gate closed; pausing fetching and retrying with backoff");
             self.stats.record_gate(false, None);
             self.control.set_fetch_paused(true);
             self.reconcile_all_pauses();
@@ -550,18 +620,27 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         }
 
         let handler = self.handler.clone();
+        let dead_letter = self.dead_letter.clone();
         self.workers.spawn(async move {
             let started = Instant::now();
-            let call = handler.handle(&pending.message, pending.attempt);
-            let result = AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|panic| {
-                let text = panic
-                    .downcast_ref::<&str>()
-                    .map(|text| (*text).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned());
-                Err(HandlerError::non_pausing(Some(Code::Internal), format!("handler panicked: {text}")))
-            });
-            Completion { pending, result, probe, elapsed: started.elapsed() }
+            let handled = match &pending.rejection {
+                Some(rejection) => Err(rejection.clone()),
+                None => call_handler(handler.as_ref(), &pending).await,
+            };
+            let elapsed = if pending.rejection.is_some() { Duration::ZERO } else { started.elapsed() };
+
+            let result = match handled {
+                Ok(()) => CallResult::Succeeded,
+                Err(error) if error.is_pause_eligible() => CallResult::Unavailable(error),
+                Err(rejection) => match &dead_letter {
+                    None => CallResult::Rejected(rejection),
+                    Some(producer) => match producer.send(&pending.message, &rejection).await {
+                        Ok(()) => CallResult::DeadLettered(rejection),
+                        Err(error) => CallResult::DeadLetterFailed { rejection, error },
+                    },
+                },
+            };
+            Completion { pending, result, probe, elapsed }
         });
     }
 
@@ -678,6 +757,20 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             self.stats.record_commits_healthy(false);
         }
     }
+}
+
+/// Calls the handler once; a panic inside it becomes a non-pausing failure, so that one bad
+/// message cannot take the pipeline down.
+async fn call_handler<H: Handler>(handler: &H, pending: &Pending) -> Result<(), HandlerError> {
+    let call = handler.handle(&pending.message, pending.attempt);
+    AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|panic| {
+        let text = panic
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        Err(HandlerError::non_pausing(Some(Code::Internal), format!("handler panicked: {text}")))
+    })
 }
 
 pub(crate) fn describe(partitions: &[TopicPartition]) -> String {

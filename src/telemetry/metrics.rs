@@ -75,6 +75,7 @@ pub struct Metrics {
     commit_failures: Counter,
     rebalances: Counter,
     consumer_errors: Counter,
+    dead_letter_failures: Family<TopicLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -98,6 +99,7 @@ impl Metrics {
         let commit_failures = Counter::default();
         let rebalances = Counter::default();
         let consumer_errors = Counter::default();
+        let dead_letter_failures = Family::<TopicLabels, Counter>::default();
 
         registry.register(
             "messages",
@@ -130,6 +132,11 @@ impl Metrics {
         registry.register("commit_failures", "Offset commits that failed", commit_failures.clone());
         registry.register("rebalances", "Assignments and revocations", rebalances.clone());
         registry.register("consumer_errors", "Errors the Kafka consumer reported", consumer_errors.clone());
+        registry.register(
+            "dead_letter_failures",
+            "Dead-letter produces that failed or timed out, by source topic; each is retried",
+            dead_letter_failures.clone(),
+        );
         gate_open.set(1);
 
         Metrics {
@@ -145,6 +152,7 @@ impl Metrics {
             commit_failures,
             rebalances,
             consumer_errors,
+            dead_letter_failures,
         }
     }
 
@@ -160,6 +168,10 @@ impl Metrics {
         let labels = MessageLabels { topic: topic.to_owned(), outcome: outcome.as_str(), grpc_code };
         self.messages.get_or_create(&labels).inc();
         self.handler_latency.get_or_create(&TopicLabels { topic: topic.to_owned() }).observe(latency.as_secs_f64());
+    }
+
+    pub(crate) fn dead_letter_failed(&self, topic: &str) {
+        self.dead_letter_failures.get_or_create(&TopicLabels { topic: topic.to_owned() }).inc();
     }
 
     pub(crate) fn call_started(&self, topic: &str, attempt: u32) {

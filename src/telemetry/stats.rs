@@ -24,6 +24,8 @@ pub struct Stats {
     fetched: AtomicU64,
     succeeded: AtomicU64,
     non_pausing: AtomicU64,
+    dead_lettered: AtomicU64,
+    dead_letter_failures: AtomicU64,
     pause_eligible: AtomicU64,
     gate_closures: AtomicU64,
     gate_open: AtomicBool,
@@ -53,6 +55,8 @@ impl Default for Stats {
             fetched: AtomicU64::default(),
             succeeded: AtomicU64::default(),
             non_pausing: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            dead_letter_failures: AtomicU64::default(),
             pause_eligible: AtomicU64::default(),
             gate_closures: AtomicU64::default(),
             gate_open: AtomicBool::new(true),
@@ -90,6 +94,11 @@ pub struct StatsSnapshot {
     pub succeeded: u64,
     /// Handler calls that failed with a non-pausing error; their offsets were made committable.
     pub non_pausing: u64,
+    /// Non-pausing failures whose message the broker acknowledged on the dead-letter topic; a
+    /// part of `non_pausing`.
+    pub dead_lettered: u64,
+    /// Dead-letter produces that failed or timed out; each was retried.
+    pub dead_letter_failures: u64,
     /// Handler calls that failed with a pause-eligible error and were scheduled for a retry.
     pub pause_eligible: u64,
     /// Times the gate closed.
@@ -209,6 +218,8 @@ impl Stats {
             fetched: self.fetched.load(Ordering::Relaxed),
             succeeded: self.succeeded.load(Ordering::Relaxed),
             non_pausing: self.non_pausing.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            dead_letter_failures: self.dead_letter_failures.load(Ordering::Relaxed),
             pause_eligible: self.pause_eligible.load(Ordering::Relaxed),
             gate_closures: self.gate_closures.load(Ordering::Relaxed),
             gate_open: self.gate_open.load(Ordering::Relaxed),
@@ -261,6 +272,20 @@ impl Stats {
     pub(crate) fn record_non_pausing(&self, topic: &str, error: &HandlerError, latency: std::time::Duration) {
         self.metrics.call_finished(topic, Outcome::NonPausing, error.code_name(), latency);
         self.non_pausing.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// Records a non-pausing failure whose message is now on the dead-letter topic.
+    pub(crate) fn record_dead_lettered(&self, topic: &str, error: &HandlerError, latency: std::time::Duration) {
+        self.metrics.call_finished(topic, Outcome::DeadLetter, error.code_name(), latency);
+        self.non_pausing.fetch_add(1, Ordering::Relaxed);
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn record_dead_letter_failure(&self, topic: &str) {
+        self.metrics.dead_letter_failed(topic);
+        self.dead_letter_failures.fetch_add(1, Ordering::Relaxed);
         self.changed.notify_waiters();
     }
 

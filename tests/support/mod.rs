@@ -117,6 +117,76 @@ impl Broker {
     }
 }
 
+/// One record read back from a topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl ReadRecord {
+    /// The value of the last header named `key`, as UTF-8.
+    pub fn header(&self, key: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(name, _)| name == key)
+            .and_then(|(_, value)| value.as_ref())
+            .map(|value| String::from_utf8_lossy(value).into_owned())
+    }
+}
+
+impl Broker {
+    /// Reads a topic from the start until `count` records arrived, for at most [`WAIT`];
+    /// returns what was read. It runs on a blocking thread so the runtime stays free.
+    pub async fn read_topic(&self, topic: &str, partitions: i32, count: usize) -> Vec<ReadRecord> {
+        use rdkafka::message::{Headers, Message};
+
+        let bootstrap = self.bootstrap.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", unique("reader"))
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("reader consumer created");
+            let mut list = TopicPartitionList::new();
+            for partition in 0..partitions {
+                list.add_partition_offset(&topic, partition, Offset::Beginning).expect("partition added");
+            }
+            consumer.assign(&list).expect("partitions assigned");
+            let deadline = Instant::now() + WAIT;
+            let mut records = Vec::new();
+            while records.len() < count && Instant::now() < deadline {
+                let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                let message = result.expect("record read");
+                let headers = message
+                    .headers()
+                    .map(|headers| {
+                        headers.iter().map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec))).collect()
+                    })
+                    .unwrap_or_default();
+                records.push(ReadRecord {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    value: message.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+            records
+        })
+        .await
+        .expect("topic read on a blocking thread")
+    }
+}
+
 /// Pause between two reads of the broker's committed offsets while polling for a value.
 const BROKER_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
