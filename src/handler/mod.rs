@@ -67,6 +67,10 @@ impl std::error::Error for HandlerError {}
 /// Handles one message. Implementations are called concurrently, up to the in-flight limit, so
 /// they must be safe to share between tasks.
 ///
+/// The returned futures are polled on the pipeline's own task, which suits calls that mostly
+/// wait, such as a remote call. CPU-heavy work belongs on `tokio::task::spawn_blocking` or a
+/// spawned task, because a future that computes for long delays every other message.
+///
 /// `attempt` is 1 on the first delivery of the message by this process and grows by one on
 /// every retry.
 pub trait Handler: Send + Sync + 'static {

@@ -3,7 +3,8 @@
 //! committing together.
 //!
 //! Nothing else touches that state, so it needs no locks: the poll thread talks to the
-//! pipeline through [`Event`]s, workers through their join handles, and the pipeline acts on
+//! pipeline through [`Event`]s, handler calls are futures that the pipeline task polls itself,
+//! and the pipeline acts on
 //! Kafka through [`KafkaControl`], whose calls return at once.
 //!
 //! Invariants kept here:
@@ -26,10 +27,11 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::task::{JoinError, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 use tonic::Code;
 use tracing::{debug, error, info, warn};
@@ -136,7 +138,10 @@ pub struct Pipeline<H, C> {
     gate: Gate,
     retries: Retries,
     revocations: Vec<Revocation>,
-    workers: JoinSet<Completion>,
+    /// Handler calls in flight, polled by the pipeline task itself: a call mostly waits on the
+    /// gRPC connection, and keeping it on this task saves a task spawn and a cross-thread
+    /// wake-up per message.
+    workers: FuturesUnordered<BoxFuture<'static, Completion>>,
     in_flight: usize,
     commit_in_flight: Option<CommitInFlight>,
     commit_retry: CommitRetry,
@@ -173,7 +178,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             gate: Gate::default(),
             retries,
             revocations: Vec::new(),
-            workers: JoinSet::new(),
+            workers: FuturesUnordered::new(),
             in_flight: 0,
             commit_in_flight: None,
             commit_retry,
@@ -220,7 +225,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                     self.retries.mark_due();
                 }
                 () = tokio::time::sleep_until(revoke_at.unwrap_or(far_future)), if revoke_at.is_some() => {}
-                Some(joined) = self.workers.join_next(), if !self.workers.is_empty() => self.on_joined(joined),
+                Some(completion) = self.workers.next(), if !self.workers.is_empty() => self.on_completion(completion),
                 event = self.events.recv() => match event {
                     Some(event) => self.on_event(event),
                     None => {
@@ -412,19 +417,6 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             info!(partitions = %describe(&revocation.partitions), offsets = %describe_offsets(&offsets), "partitions revoked");
             self.stats.record_revoked(&revocation.partitions);
             let _ = revocation.reply.try_send(offsets);
-        }
-    }
-
-    fn on_joined(&mut self, joined: Result<Completion, JoinError>) {
-        match joined {
-            Ok(completion) => self.on_completion(completion),
-            Err(error) => {
-                // Workers catch panics, so only cancellation gets here, and cancellation only
-                // happens at the end of shutdown.
-                self.in_flight -= 1;
-                self.stats.record_call_ended();
-                error!(%error, "a handler task ended without a result");
-            }
         }
     }
 
@@ -621,7 +613,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
 
         let handler = self.handler.clone();
         let dead_letter = self.dead_letter.clone();
-        self.workers.spawn(async move {
+        self.workers.push(Box::pin(async move {
             let started = Instant::now();
             let handled = match &pending.rejection {
                 Some(rejection) => Err(rejection.clone()),
@@ -641,7 +633,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                 },
             };
             Completion { pending, result, probe, elapsed }
-        });
+        }));
     }
 
     /// Brings one partition's Kafka pause state in line with what it should be: paused while

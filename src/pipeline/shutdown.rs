@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -53,7 +54,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             tokio::select! {
                 biased;
                 () = tokio::time::sleep_until(drain_deadline) => break,
-                Some(joined) = self.workers.join_next() => self.on_joined(joined),
+                Some(completion) = self.workers.next() => self.on_completion(completion),
                 event = self.events.recv() => match event {
                     Some(event) => self.on_event(event),
                     None => break,
@@ -68,7 +69,8 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                 "shutdown timeout reached with handler calls in flight; their messages stay uncommitted"
             );
         }
-        self.workers.abort_all();
+        // Dropping the calls cancels them; their messages stay uncommitted.
+        self.workers.clear();
         for revocation in &mut self.revocations {
             revocation.deadline = Instant::now();
         }
