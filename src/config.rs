@@ -1,5 +1,9 @@
 //! Configuration: reads the environment into one typed, validated [`Config`].
 //!
+//! The optional TOML file is read against its schema (module `schema`), translated into the
+//! same variables (module `file`) and layered under the environment (module `sources`), so both
+//! go through [`Config::from_vars`].
+//!
 //! Every value is checked here, before any connection is made. A bad value becomes a
 //! [`ConfigError`] whose one-line message names the variable, the value and the accepted form;
 //! the binary prints it and exits with code 2. Settings passed through to librdkafka
@@ -14,6 +18,13 @@ use rdkafka::ClientConfig;
 use tonic::Code;
 
 use crate::handler::classify::{DEFAULT_PAUSE_CODES, code_name, parse_code};
+
+mod file;
+mod schema;
+mod sources;
+
+pub use file::SETTING_KEYS;
+pub use sources::{LoadError, Loaded, TopicRoutes, load, load_str};
 
 /// Prefix of the environment variables passed through to librdkafka.
 pub const KAFKA_CFG_PREFIX: &str = "KAFKA_CFG_";

@@ -3,9 +3,11 @@
 //! them.
 //!
 //! # Layout
-//! - [`config`]: the environment read into one validated [`Config`].
+//! - [`config`]: the environment and the optional TOML file read into one validated
+//!   [`Config`], plus the per-topic handler routes.
 //! - [`message`]: the owned [`Message`] copied out of librdkafka.
-//! - [`handler`]: the [`Handler`] trait, its gRPC implementation and the status classifier.
+//! - [`handler`]: the [`Handler`] trait, its gRPC implementation, the status classifier and the
+//!   per-topic router.
 //! - [`gate`]: the health latch closed by pause-eligible failures.
 //! - [`backoff`]: exponential backoff with full jitter for retry probes.
 //! - [`commit`]: the per-partition tracker that decides the committable offset.
@@ -48,7 +50,7 @@ pub mod proto {
 }
 
 pub use config::{Config, ConfigError, ProcessingOrder};
-pub use handler::{Disposition, GrpcHandler, Handler, HandlerError, Readiness};
+pub use handler::{Disposition, GrpcHandler, Handler, HandlerError, Readiness, TopicRouter};
 pub use message::{Message, TopicPartition};
 pub use sidecar::{RunError, Sidecar, Summary};
 pub use telemetry::Stats;

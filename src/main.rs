@@ -1,17 +1,21 @@
-//! The `kafka-scc` binary: reads the configuration from the environment, connects to Kafka and
-//! the handler, and runs until SIGTERM or SIGINT.
+//! The `kafka-scc` binary: reads the configuration from the environment and the optional
+//! `--config` file, connects to Kafka and the handlers, and runs until SIGTERM or SIGINT.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kafka_scc::{Config, GrpcHandler, Sidecar, telemetry};
-use tracing::error;
+use kafka_scc::config::{self, Loaded};
+use kafka_scc::{Sidecar, handler, telemetry};
+use tracing::{error, info};
 
 /// Exit code for invalid configuration.
 const EXIT_INVALID_CONFIG: u8 = 2;
 
 const CONFIGURATION_HELP: &str = "\
-Configuration comes from the environment:
+Configuration comes from the environment and, with --config, from a TOML file. The example
+file examples/kafka-scc.toml, in the image /usr/share/doc/kafka-scc/kafka-scc.toml, lists every
+key. An environment variable overrides the file key of the same setting. The variables:
   KAFKA_BROKERS            bootstrap servers (default localhost:9094)
   KAFKA_GROUP_ID           consumer group (default event-processor-group)
   KAFKA_TOPIC              topic, or a comma list of topics (required)
@@ -41,6 +45,10 @@ Configuration comes from the environment:
 #[derive(Parser, Debug)]
 #[command(version, about, after_help = CONFIGURATION_HELP)]
 struct Cli {
+    /// Read settings from this TOML file; environment variables override its keys.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
     /// Validate the configuration, print it with secrets redacted, and exit.
     #[arg(long)]
     check_config: bool,
@@ -48,18 +56,18 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::from_env() {
-        Ok(config) => config,
+    let loaded = match config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("kafka-scc: {error}");
             return ExitCode::from(EXIT_INVALID_CONFIG);
         }
     };
     if cli.check_config {
-        println!("{}", config.summary());
+        println!("{}", loaded.summary());
         return ExitCode::SUCCESS;
     }
-    telemetry::init_logging(config.log_format);
+    telemetry::init_logging(loaded.config.log_format);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -68,26 +76,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run(config));
+    let code = runtime.block_on(run(loaded));
     // The consumer may still be closing on its own thread after a timed-out shutdown; the
     // process exits without waiting for it.
     runtime.shutdown_background();
     code
 }
 
-async fn run(config: Config) -> ExitCode {
-    let handler = match GrpcHandler::connect_lazy(
-        &config.handler_endpoint,
-        config.group_id.clone(),
-        config.handler_timeout,
-        config.pause_codes.clone(),
-    ) {
+async fn run(Loaded { config, routes }: Loaded) -> ExitCode {
+    let handler = match handler::connect_grpc(&config, &routes) {
         Ok(handler) => handler,
         Err(error) => {
-            eprintln!("kafka-scc: invalid configuration: HANDLER_ENDPOINT={:?}: {error}", config.handler_endpoint);
+            eprintln!("kafka-scc: invalid configuration: {error}");
             return ExitCode::from(EXIT_INVALID_CONFIG);
         }
     };
+    if !routes.is_empty() {
+        info!(routes = %routes.summary(), "topics with their own handler endpoint");
+    }
 
     match Sidecar::new(config, handler).run(shutdown_signal()).await {
         Ok(summary) if summary.report.poll_thread_stopped || summary.report.fatal_error.is_some() => ExitCode::FAILURE,

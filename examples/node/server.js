@@ -16,25 +16,37 @@
 //
 //   node examples/node/server.js                        # 127.0.0.1:50051, posts to :8090
 //   node examples/node/server.js --no-sink --record /tmp/calls.jsonl
+//   node examples/node/server.js --addr unix:///var/run/scc/handler.sock
 //
-// Options fall back to the environment: HANDLER_ADDR, SINK_URL, SINK_TIMEOUT_MS.
+// Options fall back to the environment: HANDLER_ADDR, SINK_URL, SINK_TIMEOUT_MS. The server
+// also serves the standard gRPC health service (grpc.health.v1), which reports SERVING for the
+// whole server and for scc.handler.v1.MessageHandler until it starts to stop.
 'use strict';
 
 const fs = require('node:fs');
+const net = require('node:net');
 const path = require('node:path');
 const { parseArgs } = require('node:util');
 
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
+const { HealthImplementation } = require('grpc-health-check');
 
 const PROTO_ROOT = path.join(__dirname, '..', '..', 'proto');
 const PROTO_FILE = 'scc/handler/v1/handler.proto';
+
+// The fully qualified name of the handler service, which kafka-scc requests from the health service.
+const SERVICE_NAME = 'scc.handler.v1.MessageHandler';
+
+// The prefix of a Unix domain socket address, as grpc-js takes it: unix:///absolute/path.
+const UNIX_PREFIX = 'unix://';
 
 // Bound on waiting for running calls after SIGTERM or SIGINT, in milliseconds.
 const STOP_GRACE_MS = 5000;
 
 const USAGE = `usage: node server.js [options]
-  --addr HOST:PORT       serve gRPC here; port 0 picks a free one (env HANDLER_ADDR, default 127.0.0.1:50051)
+  --addr ADDRESS        serve gRPC on HOST:PORT, where port 0 picks a free one, or on the Unix domain
+                         socket unix:///ABSOLUTE/PATH (env HANDLER_ADDR, default 127.0.0.1:50051)
   --sink-url URL         URL each event is posted to (env SINK_URL, default http://127.0.0.1:8090/events)
   --sink-timeout-ms MS   bound on one POST; keep it below kafka-scc's SCC_HANDLER_TIMEOUT_MS
                          (env SINK_TIMEOUT_MS, default 5000)
@@ -225,7 +237,46 @@ function loadService() {
   return grpc.loadPackageDefinition(definition).scc.handler.v1.MessageHandler;
 }
 
-function main() {
+/**
+ * Removes a Unix domain socket left behind by a server that did not stop cleanly, because
+ * grpc-js cannot bind over it. A socket that still accepts connections belongs to a running
+ * server and is kept, so the bind then fails with EADDRINUSE. Resolves when the path is free
+ * or kept.
+ */
+function removeStaleSocket(socketPath) {
+  let stats;
+  try {
+    stats = fs.lstatSync(socketPath);
+  } catch {
+    return Promise.resolve();
+  }
+  if (!stats.isSocket()) {
+    return Promise.resolve();
+  }
+  return new Promise((resolve) => {
+    const probe = net.connect(socketPath);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve();
+    });
+    probe.once('error', (error) => {
+      if (error.code === 'ECONNREFUSED') {
+        fs.rmSync(socketPath, { force: true });
+      }
+      resolve();
+    });
+  });
+}
+
+/** Returns the address the server listens on: a unix:// address as given, else HOST:PORT with the bound port. */
+function listeningAddress(addr, port) {
+  if (addr.startsWith(UNIX_PREFIX)) {
+    return addr;
+  }
+  return `${addr.slice(0, addr.lastIndexOf(':'))}:${port}`;
+}
+
+async function main() {
   const options = parseOptions(process.argv.slice(2));
   const sink = options.noSink ? null : new SinkClient(options.sinkUrl, options.sinkTimeoutMs);
   const record = options.record ? new CallRecord(options.record) : null;
@@ -261,15 +312,20 @@ function main() {
 
   const server = new grpc.Server();
   server.addService(loadService().service, { Handle: handle });
+  const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
+  health.addToServer(server);
+
+  if (options.addr.startsWith(UNIX_PREFIX)) {
+    await removeStaleSocket(options.addr.slice(UNIX_PREFIX.length));
+  }
   server.bindAsync(options.addr, grpc.ServerCredentials.createInsecure(), (error, port) => {
     if (error) {
       console.error(`server.js: cannot listen on ${options.addr}: ${error.message}`);
       process.exit(1);
     }
-    const host = options.addr.slice(0, options.addr.lastIndexOf(':'));
     const target = sink === null ? 'nothing (--no-sink)' : `${sink.url} (timeout ${options.sinkTimeoutMs} ms)`;
     // Scripts and tests read the address from this line on stdout.
-    console.log(`node handler: listening on ${host}:${port}, forwarding to ${target}`);
+    console.log(`node handler: listening on ${listeningAddress(options.addr, port)}, forwarding to ${target}`);
   });
 
   let stopping = false;
@@ -278,16 +334,34 @@ function main() {
       return;
     }
     stopping = true;
-    const force = setTimeout(() => server.forceShutdown(), STOP_GRACE_MS);
-    server.tryShutdown(() => {
+    // Health checks that arrive while the running calls finish see that the server is stopping.
+    health.setStatus('', 'NOT_SERVING');
+    health.setStatus(SERVICE_NAME, 'NOT_SERVING');
+    let finished = false;
+    function finish() {
+      if (finished) {
+        return;
+      }
+      finished = true;
       clearTimeout(force);
       record?.close();
       const summary = [...counts].map(([code, count]) => `${count} ${grpc.status[code]}`).join(', ');
       console.log(`node handler: stopped; ${summary || 'no calls'}`);
-    });
+    }
+    const force = setTimeout(() => {
+      server.forceShutdown();
+      finish();
+      // A client that neither closes its connection nor responds to the server's GOAWAY keeps the
+      // socket, and with it the process, alive even after forceShutdown.
+      process.exit(0);
+    }, STOP_GRACE_MS);
+    server.tryShutdown(finish);
   }
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
 }
 
-main();
+main().catch((error) => {
+  console.error(`server.js: ${error.stack ?? error}`);
+  process.exit(1);
+});

@@ -16,6 +16,7 @@ one JSON line per call to PATH, flushed before the status is returned:
 
     python3 examples/python/server.py                      # 127.0.0.1:50051, posts to :8090
     python3 examples/python/server.py --no-sink --record /tmp/calls.jsonl
+    python3 examples/python/server.py --addr unix:///var/run/scc/handler.sock
 
 Options fall back to the environment: HANDLER_ADDR, SINK_URL, SINK_TIMEOUT_MS.
 """
@@ -224,7 +225,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--addr",
         default=os.environ.get("HANDLER_ADDR", "127.0.0.1:50051"),
-        help="host:port to serve gRPC on; port 0 picks a free one (env HANDLER_ADDR, default %(default)s)",
+        help="host:port to serve gRPC on, where port 0 picks a free one, or unix:///absolute/path for a "
+        "Unix domain socket (env HANDLER_ADDR, default %(default)s)",
     )
     parser.add_argument(
         "--sink-url",
@@ -254,6 +256,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def listening_address(addr: str, port: int) -> str:
+    """Return the address the server listens on: a unix: address as given, else host:port with
+    the port that was bound, which differs from the requested one when that was 0."""
+    if addr.startswith("unix:"):
+        return addr
+    host = addr.rsplit(":", 1)[0]
+    return f"{host}:{port}"
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -271,7 +282,6 @@ def main(argv: list[str]) -> int:
     except RuntimeError as error:
         print(f"server.py: cannot listen on {args.addr}: {error}", file=sys.stderr)
         return 1
-    host = args.addr.rsplit(":", 1)[0]
     server.start()
     for name in ("", SERVICE_NAME):
         health_service.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -282,7 +292,7 @@ def main(argv: list[str]) -> int:
 
     target = "nothing (--no-sink)" if sink is None else f"{sink.url} (timeout {args.sink_timeout_ms} ms)"
     # Scripts and tests read the address from this line, so it goes to stdout at once.
-    print(f"python handler: listening on {host}:{port}, forwarding to {target}", flush=True)
+    print(f"python handler: listening on {listening_address(args.addr, port)}, forwarding to {target}", flush=True)
 
     stop.wait()
     health_service.enter_graceful_shutdown()

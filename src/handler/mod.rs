@@ -1,5 +1,5 @@
 //! The handler seam: the [`Handler`] trait the pipeline calls for every message, the error it
-//! returns, and its gRPC implementation.
+//! returns, its gRPC implementation, and the router that gives each topic its own handler.
 //!
 //! A handler sees nothing of Kafka offsets or commits. It only says whether a message
 //! succeeded, failed in a way worth pausing for (the downstream is unavailable, so the same
@@ -7,6 +7,7 @@
 
 pub mod classify;
 pub mod grpc;
+pub mod router;
 
 use std::fmt;
 use std::future::Future;
@@ -18,6 +19,7 @@ use crate::message::Message;
 
 pub use classify::{CallFailure, DEFAULT_PAUSE_CODES, classify};
 pub use grpc::GrpcHandler;
+pub use router::{EndpointError, TopicRouter, connect_grpc};
 
 /// The pipeline's treatment of a failed message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -73,8 +73,8 @@ pub struct HandlerProcess {
 }
 
 impl HandlerProcess {
-    /// Starts the handler in standalone mode on `addr`, where port 0 picks a free port, and
-    /// waits until it listens. It records every call to `record` and simulates `delay_ms` of
+    /// Starts the handler in standalone mode on `addr`, where port 0 picks a free port or
+    /// `unix:///PATH` names a Unix domain socket, and waits until it listens. It records every call to `record` and simulates `delay_ms` of
     /// work per call.
     pub fn start(kind: HandlerKind, addr: &str, record: &Path, delay_ms: u64) -> HandlerProcess {
         let mut command = kind.command();
@@ -98,9 +98,10 @@ impl HandlerProcess {
         HandlerProcess { process, addr }
     }
 
-    /// Returns the address kafka-scc calls (`HANDLER_ENDPOINT`).
+    /// Returns the address kafka-scc calls (`HANDLER_ENDPOINT`): the `unix://` address of a
+    /// handler on a Unix domain socket, else `http://HOST:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.addr.starts_with("unix:") { self.addr.clone() } else { format!("http://{}", self.addr) }
     }
 }
 

@@ -1,0 +1,267 @@
+//! Per-topic handlers: a [`Handler`] that passes each message to the handler of its topic.
+//!
+//! Every subscribed topic maps to exactly one handler, and topics that share an endpoint share
+//! one client, so one HTTP/2 channel. Only endpoints that some topic uses get a client, so
+//! start-up never waits for an unused handler. A message from a topic without a route would
+//! mean that the subscription and the routes disagree; it fails as non-pausing and names the
+//! topic, because closing the gate for it would stop every partition and no retry could help.
+//!
+//! The router changes only where a call goes. The handlers share the pipeline's in-flight limit
+//! and its one gate, so a pause-eligible failure from any of them pauses every topic.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use super::{GrpcHandler, Handler, HandlerError, Readiness};
+use crate::config::{Config, TopicRoutes};
+use crate::message::Message;
+
+/// Routes each message to the handler configured for its topic.
+#[derive(Debug)]
+pub struct TopicRouter<H> {
+    handlers: Vec<EndpointHandler<H>>,
+    /// Index into `handlers` for every subscribed topic.
+    topics: HashMap<String, usize>,
+}
+
+#[derive(Debug)]
+struct EndpointHandler<H> {
+    endpoint: String,
+    handler: H,
+}
+
+impl<H: Handler> TopicRouter<H> {
+    /// Builds the router for `topics`: each topic goes to its endpoint in `routes`, or else to
+    /// `default_endpoint`. `connect` creates the handler of one endpoint and is called once per
+    /// distinct endpoint in use.
+    pub fn build<E>(
+        topics: &[String],
+        default_endpoint: &str,
+        routes: &TopicRoutes,
+        mut connect: impl FnMut(&str) -> Result<H, E>,
+    ) -> Result<TopicRouter<H>, E> {
+        let mut handlers: Vec<EndpointHandler<H>> = Vec::new();
+        let mut by_topic = HashMap::new();
+        for topic in topics {
+            let endpoint = routes.endpoint(topic).unwrap_or(default_endpoint);
+            let index = match handlers.iter().position(|route| route.endpoint == endpoint) {
+                Some(index) => index,
+                None => {
+                    handlers.push(EndpointHandler { endpoint: endpoint.to_owned(), handler: connect(endpoint)? });
+                    handlers.len() - 1
+                }
+            };
+            by_topic.insert(topic.clone(), index);
+        }
+        Ok(TopicRouter { handlers, topics: by_topic })
+    }
+
+    /// Returns the endpoint that `topic`'s messages go to, if the topic is routed.
+    pub fn endpoint(&self, topic: &str) -> Option<&str> {
+        self.topics.get(topic).map(|index| self.handlers[*index].endpoint.as_str())
+    }
+
+    /// Returns the distinct endpoints in use, in the order of the first topic using each.
+    pub fn endpoints(&self) -> impl Iterator<Item = &str> {
+        self.handlers.iter().map(|route| route.endpoint.as_str())
+    }
+}
+
+impl<H: Handler> Handler for TopicRouter<H> {
+    async fn handle(&self, message: &Message, attempt: u32) -> Result<(), HandlerError> {
+        match self.topics.get(&*message.topic) {
+            Some(index) => self.handlers[*index].handler.handle(message, attempt).await,
+            None => Err(HandlerError::non_pausing(
+                None,
+                format!("no handler is configured for topic {}; it is not among the subscribed topics", message.topic),
+            )),
+        }
+    }
+
+    /// Waits for every handler at once, each for at most `timeout`. The result is `TimedOut`
+    /// when any handler timed out, naming each such endpoint, else `Unknown` when any handler
+    /// has no health service, else `Ready`.
+    async fn wait_until_ready(&self, timeout: Duration) -> Readiness {
+        if let [only] = self.handlers.as_slice() {
+            return only.handler.wait_until_ready(timeout).await;
+        }
+        let checks = self
+            .handlers
+            .iter()
+            .map(|route| async move { (route.endpoint.as_str(), route.handler.wait_until_ready(timeout).await) });
+        combine_readiness(join_all(checks).await)
+    }
+}
+
+fn combine_readiness(results: Vec<(&str, Readiness)>) -> Readiness {
+    let timed_out: Vec<String> = results
+        .iter()
+        .filter_map(|(endpoint, readiness)| match readiness {
+            Readiness::TimedOut(reason) => Some(format!("{endpoint}: {reason}")),
+            _ => None,
+        })
+        .collect();
+    if !timed_out.is_empty() {
+        return Readiness::TimedOut(timed_out.join("; "));
+    }
+    if results.iter().any(|(_, readiness)| *readiness == Readiness::Unknown) {
+        Readiness::Unknown
+    } else {
+        Readiness::Ready
+    }
+}
+
+/// An endpoint that the gRPC client rejected.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid handler endpoint {endpoint:?}: {source}")]
+pub struct EndpointError {
+    pub endpoint: String,
+    pub source: tonic::transport::Error,
+}
+
+/// Creates the gRPC handler clients of `config` and `routes` without connecting yet: one per
+/// distinct endpoint, all with the same deadline, group id and pause codes.
+///
+/// This is the one place where the binary creates [`GrpcHandler`]s.
+pub fn connect_grpc(config: &Config, routes: &TopicRoutes) -> Result<TopicRouter<GrpcHandler>, EndpointError> {
+    TopicRouter::build(&config.topics, &config.handler_endpoint, routes, |endpoint| {
+        GrpcHandler::connect_lazy(endpoint, config.group_id.clone(), config.handler_timeout, config.pause_codes.clone())
+            .map_err(|source| EndpointError { endpoint: endpoint.to_owned(), source })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::handler::Disposition;
+    use crate::message::TimestampType;
+
+    /// The endpoint and topic of every call, in call order.
+    type CallLog = Arc<Mutex<Vec<(String, String)>>>;
+
+    /// A handler that records the topics it was called for and reports a fixed readiness.
+    #[derive(Clone)]
+    struct Recorder {
+        endpoint: String,
+        calls: CallLog,
+        readiness: Readiness,
+    }
+
+    impl Handler for Recorder {
+        async fn handle(&self, message: &Message, _attempt: u32) -> Result<(), HandlerError> {
+            self.calls.lock().unwrap().push((self.endpoint.clone(), message.topic.to_string()));
+            Ok(())
+        }
+
+        async fn wait_until_ready(&self, _timeout: Duration) -> Readiness {
+            self.readiness.clone()
+        }
+    }
+
+    fn message(topic: &str) -> Message {
+        Message {
+            topic: topic.into(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            value: Some(Bytes::from_static(b"{}")),
+            headers: Vec::new(),
+            timestamp_ms: 0,
+            timestamp_type: TimestampType::CreateTime,
+            trace_id: crate::message::new_trace_id(),
+        }
+    }
+
+    fn topics(names: &[&str]) -> Vec<String> {
+        names.iter().map(|name| (*name).to_owned()).collect()
+    }
+
+    /// Builds a router of recorders that report `readiness(endpoint)`; returns it, the shared
+    /// call log and the endpoints that were connected, in order.
+    fn router(
+        names: &[&str],
+        routes: &[(&str, &str)],
+        readiness: impl Fn(&str) -> Readiness,
+    ) -> (TopicRouter<Recorder>, CallLog, Vec<String>) {
+        let calls = Arc::default();
+        let mut connected = Vec::new();
+        let router =
+            TopicRouter::build(&topics(names), "default", &TopicRoutes::new(routes.iter().copied()), |endpoint| {
+                connected.push(endpoint.to_owned());
+                Ok::<_, std::convert::Infallible>(Recorder {
+                    endpoint: endpoint.to_owned(),
+                    calls: Arc::clone(&calls),
+                    readiness: readiness(endpoint),
+                })
+            })
+            .unwrap();
+        (router, calls, connected)
+    }
+
+    #[tokio::test]
+    async fn messages_go_to_their_topics_handler() {
+        let (router, calls, connected) =
+            router(&["payments", "refunds", "audit"], &[("payments", "p"), ("audit", "p")], |_| Readiness::Ready);
+        assert_eq!(connected, vec!["p", "default"]);
+        assert_eq!(router.endpoint("refunds"), Some("default"));
+
+        for topic in ["payments", "refunds", "audit"] {
+            router.handle(&message(topic), 1).await.unwrap();
+        }
+        let calls = calls.lock().unwrap().clone();
+        let expected = [("p", "payments"), ("default", "refunds"), ("p", "audit")];
+        let expected: Vec<(String, String)> =
+            expected.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
+        assert_eq!(calls, expected);
+    }
+
+    #[test]
+    fn unused_default_gets_no_client() {
+        let (router, _, connected) = router(&["payments"], &[("payments", "p")], |_| Readiness::Ready);
+        assert_eq!(connected, vec!["p"]);
+        assert_eq!(router.endpoints().collect::<Vec<_>>(), vec!["p"]);
+    }
+
+    #[tokio::test]
+    async fn unrouted_topic_fails_without_pausing() {
+        let (router, calls, _) = router(&["payments"], &[], |_| Readiness::Ready);
+        let error = router.handle(&message("other"), 1).await.unwrap_err();
+        assert_eq!(error.disposition, Disposition::NonPausing);
+        assert!(error.message.contains("other"), "{error}");
+        assert!(calls.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn readiness_waits_for_every_handler() {
+        let (all_ready, _, _) = router(&["a", "b"], &[("b", "b")], |_| Readiness::Ready);
+        assert_eq!(all_ready.wait_until_ready(Duration::ZERO).await, Readiness::Ready);
+
+        let (one_unknown, _, _) =
+            router(
+                &["a", "b"],
+                &[("b", "b")],
+                |endpoint| {
+                    if endpoint == "b" { Readiness::Unknown } else { Readiness::Ready }
+                },
+            );
+        assert_eq!(one_unknown.wait_until_ready(Duration::ZERO).await, Readiness::Unknown);
+
+        let (one_late, _, _) = router(&["a", "b"], &[("b", "b")], |endpoint| {
+            if endpoint == "b" { Readiness::TimedOut("NOT_SERVING".to_owned()) } else { Readiness::Unknown }
+        });
+        assert_eq!(one_late.wait_until_ready(Duration::ZERO).await, Readiness::TimedOut("b: NOT_SERVING".to_owned()));
+    }
+
+    #[test]
+    fn invalid_endpoint_is_named() {
+        let config = Config::from_vars([("KAFKA_TOPIC", "payments")]).unwrap();
+        let error = connect_grpc(&config, &TopicRoutes::new([("payments", "http://[::1")])).unwrap_err();
+        assert_eq!(error.endpoint, "http://[::1");
+    }
+}
