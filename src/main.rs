@@ -15,7 +15,18 @@ Configuration comes from the environment:
   KAFKA_BROKERS            bootstrap servers (default localhost:9094)
   KAFKA_GROUP_ID           consumer group (default event-processor-group)
   KAFKA_TOPIC              topic, or a comma list of topics (required)
-  HANDLER_ENDPOINT         handler gRPC address (default http://127.0.0.1:50051)
+  HANDLER_ENDPOINT         handler gRPC address: http://host:port, https://host:port or
+                           unix:///absolute/path (default http://127.0.0.1:50051)
+  HANDLER_TLS_CA           PEM file of the CA that signs the handler's certificate, for https://
+                           (default: the system's root certificates)
+  HANDLER_TLS_CERT, HANDLER_TLS_KEY
+                           PEM files of the client certificate and its unencrypted key, for
+                           mutual TLS; both or neither
+  HANDLER_TLS_SERVER_NAME  name checked in the handler's certificate (default: the endpoint's host)
+  SCC_HANDLER_MAX_MESSAGE_BYTES
+                           largest request sent to the handler, in bytes (default 4194304); a larger
+                           message is not sent and is committed as non-pausing. At least
+                           max.partition.fetch.bytes + 65536; the handler must accept this size
   SCC_MAX_IN_FLIGHT        handler calls open at once (default 100)
   SCC_PROCESSING_ORDER     key, partition or unordered (default key)
   SCC_PAUSE_CODES          gRPC codes that pause and retry (default UNAVAILABLE,DEADLINE_EXCEEDED,
@@ -33,7 +44,9 @@ Configuration comes from the environment:
                            wait for the handler's health service in ms (default 30000)
   SCC_HTTP_ADDR            /metrics, /healthz and /readyz listener, or off (default 0.0.0.0:9464)
   SCC_LOG_FORMAT           text or json (default text); filter with RUST_LOG
-  KAFKA_CFG_<NAME>         any librdkafka property, e.g. KAFKA_CFG_SECURITY_PROTOCOL=ssl";
+  KAFKA_CFG_<NAME>         any librdkafka property, e.g. KAFKA_CFG_SECURITY_PROTOCOL=sasl_ssl,
+                           KAFKA_CFG_SASL_MECHANISMS=SCRAM-SHA-512, KAFKA_CFG_SSL_CA_LOCATION=/ca.pem;
+                           passwords, secrets and private keys are never printed";
 
 /// Kafka consumer sidecar: forwards each message to a gRPC handler and commits offsets in order.
 #[derive(Parser, Debug)]
@@ -74,15 +87,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> ExitCode {
-    let handler = match GrpcHandler::connect_lazy(
-        &config.handler_endpoint,
-        config.group_id.clone(),
-        config.handler_timeout,
-        config.pause_codes.clone(),
-    ) {
+    let handler = match GrpcHandler::from_config(&config) {
         Ok(handler) => handler,
         Err(error) => {
-            eprintln!("kafka-scc: invalid configuration: HANDLER_ENDPOINT={:?}: {error}", config.handler_endpoint);
+            eprintln!("kafka-scc: {error}");
             return ExitCode::from(EXIT_INVALID_CONFIG);
         }
     };
