@@ -147,13 +147,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         ("KAFKA_CFG_HEARTBEAT_INTERVAL_MS", "500"),
     ];
     let config = Config::from_vars(vars).map_err(|e| e.to_string())?;
-    let grpc = GrpcHandler::connect_lazy(
-        &config.handler_endpoint,
-        config.group_id.clone(),
-        config.handler_timeout,
-        config.pause_codes.clone(),
-    )
-    .map_err(|e| format!("handler endpoint: {e}"))?;
+    let grpc = GrpcHandler::from_config(&config).map_err(|e| format!("handler endpoint: {e}"))?;
     let sidecar = Sidecar::new(config, grpc);
     let stats = sidecar.stats();
     let (stop, stopped) = oneshot::channel::<()>();

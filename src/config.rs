@@ -9,15 +9,33 @@
 //! the binary prints it and exits with code 2. Settings passed through to librdkafka
 //! (`KAFKA_CFG_<NAME>`) are checked by librdkafka's own configuration parser, which validates
 //! names and values without connecting.
+//!
+//! Submodules: [`handler_transport`] reads the handler's TLS files and message size limit and
+//! parses handler endpoints; [`redact`] decides which values are secret and keeps them out of
+//! every output.
+
+mod handler_transport;
+mod redact;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use tonic::Code;
 
 use crate::handler::classify::{DEFAULT_PAUSE_CODES, code_name, parse_code};
+use handler_transport::{parse_handler_max_message_bytes, parse_handler_tls};
+
+pub use handler_transport::{
+    ClientIdentity, DEFAULT_HANDLER_MAX_MESSAGE_BYTES, HANDLER_REQUEST_OVERHEAD_BYTES, HandlerAddress, HandlerTls,
+    HandlerTransport, PemFile, parse_handler_endpoint,
+};
+pub use redact::{KafkaProperties, is_secret_name, looks_like_private_key, redacted};
 
 mod file;
 mod schema;
@@ -80,8 +98,11 @@ pub struct Config {
     pub group_id: String,
     /// `KAFKA_TOPIC`: topics to subscribe to (a comma list); at least one.
     pub topics: Vec<String>,
-    /// `HANDLER_ENDPOINT`: the handler's gRPC address, `http://host:port`.
+    /// `HANDLER_ENDPOINT`: the handler's gRPC address: `http://host:port`, `https://host:port` or
+    /// `unix:///absolute/path`. [`parse_handler_endpoint`] turns it into a [`HandlerAddress`].
     pub handler_endpoint: String,
+    /// `HANDLER_TLS_*` and `SCC_HANDLER_MAX_MESSAGE_BYTES`: how every handler connection is made.
+    pub handler_transport: HandlerTransport,
     /// `SCC_MAX_IN_FLIGHT`: handler calls open at once, 1 to 10,000.
     pub max_in_flight: usize,
     /// `SCC_PROCESSING_ORDER`: which messages may run concurrently.
@@ -124,7 +145,7 @@ pub struct Config {
     pub dead_letter_timeout: Duration,
     /// `KAFKA_CFG_<NAME>`: extra librdkafka properties, by librdkafka name; they apply to the
     /// consumer and to the dead-letter producer.
-    pub kafka_properties: BTreeMap<String, String>,
+    pub kafka_properties: KafkaProperties,
 }
 
 /// An invalid configuration value.
@@ -141,20 +162,12 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(variable: &str, value: &str, expected: impl Into<String>) -> Self {
-        let value = if is_secret_name(variable) { "[redacted]" } else { value };
-        ConfigError { variable: variable.to_owned(), value: value.to_owned(), expected: expected.into() }
+        ConfigError {
+            variable: variable.to_owned(),
+            value: redacted(variable, value).to_owned(),
+            expected: expected.into(),
+        }
     }
-}
-
-/// Returns true for setting names whose values must never be printed: passwords, secrets and
-/// private keys.
-pub fn is_secret_name(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    ["password", "secret", "private.key", "private_key", "ssl.key.pem", "ssl_key_pem"]
-        .iter()
-        .any(|word| name.contains(word))
-        || name.ends_with("sasl.oauthbearer.config")
-        || name.ends_with("sasl_oauthbearer_config")
 }
 
 impl Config {
@@ -183,7 +196,9 @@ impl Config {
             return Err(ConfigError::new("KAFKA_GROUP_ID", &group_id, "expected a non-empty group id"));
         }
         let topics = parse_topics(&env)?;
-        let handler_endpoint = parse_endpoint(&env)?;
+        let handler_tls = parse_handler_tls(&env)?;
+        let handler_endpoint = env.string("HANDLER_ENDPOINT", "http://127.0.0.1:50051")?;
+        parse_handler_endpoint("HANDLER_ENDPOINT", &handler_endpoint, &handler_tls)?;
 
         let max_in_flight = env.integer("SCC_MAX_IN_FLIGHT", 100, 1, 10_000)? as usize;
         let processing_order = parse_processing_order(&env)?;
@@ -222,12 +237,14 @@ impl Config {
         let dead_letter_topic = parse_dead_letter_topic(&env, &topics)?;
         let dead_letter_timeout = env.millis("SCC_DLQ_TIMEOUT_MS", 30_000, 1, 3_600_000)?;
         let kafka_properties = parse_kafka_properties(&vars)?;
+        let handler_max_message_bytes = parse_handler_max_message_bytes(&env, &kafka_properties)?;
 
-        Ok(Config {
+        let config = Config {
             brokers,
             group_id,
             topics,
             handler_endpoint,
+            handler_transport: HandlerTransport { tls: handler_tls, max_message_bytes: handler_max_message_bytes },
             max_in_flight,
             processing_order,
             pause_codes,
@@ -245,6 +262,43 @@ impl Config {
             dead_letter_topic,
             dead_letter_timeout,
             kafka_properties,
+        };
+        config.check_kafka_client()?;
+        Ok(config)
+    }
+
+    /// Creates a librdkafka consumer from the whole configuration, without bootstrap servers so
+    /// that it connects nowhere, and destroys it. Setting a property checks it alone; creating
+    /// the client also checks combinations and loads the files that properties name, such as
+    /// `ssl.key.location`. The error names the property that librdkafka blames, when it names
+    /// one.
+    fn check_kafka_client(&self) -> Result<(), ConfigError> {
+        let mut client_config = self.consumer_config();
+        client_config.remove("bootstrap.servers");
+        let Err(error) = client_config.create_with_context::<_, BaseConsumer<SilentContext>>(SilentContext) else {
+            return Ok(());
+        };
+
+        let mut reason = error.to_string();
+        for secret in self.kafka_properties.secret_values() {
+            reason = reason.replace(&secret, "[redacted]");
+        }
+        // librdkafka names the property in such a message, as in
+        // "Client creation error: ssl.key.location failed: ...".
+        let blamed = reason
+            .split(|c: char| c.is_whitespace() || c == ':' || c == '"')
+            .find(|word| self.kafka_properties.contains_key(*word));
+        Err(match blamed {
+            Some(name) => ConfigError::new(
+                &format!("{KAFKA_CFG_PREFIX}{}", name.to_ascii_uppercase().replace('.', "_")),
+                &self.kafka_properties[name],
+                format!("rejected by librdkafka when creating the consumer: {reason}"),
+            ),
+            None => ConfigError::new(
+                &format!("{KAFKA_CFG_PREFIX}*"),
+                "",
+                format!("rejected by librdkafka when creating the consumer: {reason}"),
+            ),
         })
     }
 
@@ -315,9 +369,9 @@ impl Config {
             self.partition_buffer,
             self.http_addr.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
         );
+        line.push_str(&self.handler_transport.summary(self.handler_endpoint.starts_with("https:")));
         for (name, value) in &self.kafka_properties {
-            let shown = if is_secret_name(name) { "[redacted]" } else { value.as_str() };
-            line.push_str(&format!(" {name}={shown}"));
+            line.push_str(&format!(" {name}={}", redacted(name, value)));
         }
         if let Some(topic) = &self.dead_letter_topic {
             line.push_str(&format!(" dlq_topic={topic} dlq_timeout_ms={}", self.dead_letter_timeout.as_millis()));
@@ -325,6 +379,18 @@ impl Config {
         line
     }
 }
+
+/// The context of the throwaway consumer of [`Config::check_kafka_client`]: its log lines would
+/// only repeat those of the real consumer, so they are dropped.
+struct SilentContext;
+
+impl ClientContext for SilentContext {
+    fn log(&self, _level: RDKafkaLogLevel, _facility: &str, _message: &str) {}
+
+    fn error(&self, _error: KafkaError, _reason: &str) {}
+}
+
+impl ConsumerContext for SilentContext {}
 
 /// A view of the variables with typed getters that produce [`ConfigError`]s.
 struct Env<'a>(&'a BTreeMap<String, String>);
@@ -413,17 +479,6 @@ fn parse_dead_letter_topic(env: &Env<'_>, topics: &[String]) -> Result<Option<St
     Ok(Some(topic.to_owned()))
 }
 
-fn parse_endpoint(env: &Env<'_>) -> Result<String, ConfigError> {
-    let raw = env.string("HANDLER_ENDPOINT", "http://127.0.0.1:50051")?;
-    let expected = "expected an http:// URI with a host and a port, such as http://127.0.0.1:50051";
-    let uri: tonic::transport::Uri = raw.parse().map_err(|_| ConfigError::new("HANDLER_ENDPOINT", &raw, expected))?;
-    // NOTE: TLS (https://) and Unix domain sockets are not supported yet.
-    if uri.scheme_str() != Some("http") || uri.host().is_none() {
-        return Err(ConfigError::new("HANDLER_ENDPOINT", &raw, expected));
-    }
-    Ok(raw)
-}
-
 fn parse_processing_order(env: &Env<'_>) -> Result<ProcessingOrder, ConfigError> {
     match env.get("SCC_PROCESSING_ORDER").unwrap_or("key") {
         "key" => Ok(ProcessingOrder::Key),
@@ -450,7 +505,7 @@ fn parse_pause_codes(env: &Env<'_>) -> Result<HashSet<Code>, ConfigError> {
     Ok(codes)
 }
 
-fn parse_kafka_properties(vars: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ConfigError> {
+fn parse_kafka_properties(vars: &BTreeMap<String, String>) -> Result<KafkaProperties, ConfigError> {
     let mut properties = BTreeMap::new();
     for (variable, value) in vars {
         let Some(suffix) = variable.strip_prefix(KAFKA_CFG_PREFIX) else {
@@ -470,12 +525,16 @@ fn parse_kafka_properties(vars: &BTreeMap<String, String>) -> Result<BTreeMap<St
         probe.set(&name, value);
         if let Err(error) = probe.create_native_config() {
             let reason = error.to_string();
-            let reason = if is_secret_name(&name) { reason.replace(value.as_str(), "[redacted]") } else { reason };
+            let reason = if !value.is_empty() && (is_secret_name(&name) || looks_like_private_key(value)) {
+                reason.replace(value.as_str(), "[redacted]")
+            } else {
+                reason
+            };
             return Err(ConfigError::new(variable, value, format!("rejected by librdkafka as {name}: {reason}")));
         }
         properties.insert(name, value.clone());
     }
-    Ok(properties)
+    Ok(KafkaProperties::from(properties))
 }
 
 impl fmt::Display for ProcessingOrder {
@@ -501,6 +560,8 @@ mod tests {
         assert_eq!(config.group_id, "event-processor-group");
         assert_eq!(config.topics, vec!["events"]);
         assert_eq!(config.handler_endpoint, "http://127.0.0.1:50051");
+        assert_eq!(config.handler_transport.max_message_bytes, 4 * 1024 * 1024);
+        assert!(config.handler_transport.tls.first_setting().is_none());
         assert_eq!(config.processing_order, ProcessingOrder::Key);
         assert_eq!(config.backoff_base, Duration::from_millis(500));
         assert_eq!(config.backoff_max, Duration::from_millis(10_000));

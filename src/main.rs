@@ -19,7 +19,18 @@ key. An environment variable overrides the file key of the same setting. The var
   KAFKA_BROKERS            bootstrap servers (default localhost:9094)
   KAFKA_GROUP_ID           consumer group (default event-processor-group)
   KAFKA_TOPIC              topic, or a comma list of topics (required)
-  HANDLER_ENDPOINT         handler gRPC address (default http://127.0.0.1:50051)
+  HANDLER_ENDPOINT         handler gRPC address: http://host:port, https://host:port or
+                           unix:///absolute/path (default http://127.0.0.1:50051)
+  HANDLER_TLS_CA           PEM file of the CA that signs the handler's certificate, for https://
+                           (default: the system's root certificates)
+  HANDLER_TLS_CERT, HANDLER_TLS_KEY
+                           PEM files of the client certificate and its unencrypted key, for
+                           mutual TLS; both or neither
+  HANDLER_TLS_SERVER_NAME  name checked in the handler's certificate (default: the endpoint's host)
+  SCC_HANDLER_MAX_MESSAGE_BYTES
+                           largest request sent to the handler, in bytes (default 4194304); a larger
+                           message is not sent and is committed as non-pausing. At least
+                           max.partition.fetch.bytes + 65536; the handler must accept this size
   SCC_MAX_IN_FLIGHT        handler calls open at once (default 100)
   SCC_PROCESSING_ORDER     key, partition or unordered (default key)
   SCC_PAUSE_CODES          gRPC codes that pause and retry (default UNAVAILABLE,DEADLINE_EXCEEDED,
@@ -39,7 +50,9 @@ key. An environment variable overrides the file key of the same setting. The var
   SCC_LOG_FORMAT           text or json (default text); filter with RUST_LOG
   SCC_DLQ_TOPIC            dead-letter topic for non-pausing failures (default unset: log and commit)
   SCC_DLQ_TIMEOUT_MS       bound on one dead-letter produce in ms (default 30000)
-  KAFKA_CFG_<NAME>         any librdkafka property, e.g. KAFKA_CFG_SECURITY_PROTOCOL=ssl";
+  KAFKA_CFG_<NAME>         any librdkafka property, e.g. KAFKA_CFG_SECURITY_PROTOCOL=sasl_ssl,
+                           KAFKA_CFG_SASL_MECHANISMS=SCRAM-SHA-512, KAFKA_CFG_SSL_CA_LOCATION=/ca.pem;
+                           passwords, secrets and private keys are never printed";
 
 /// Kafka consumer sidecar: forwards each message to a gRPC handler and commits offsets in order.
 #[derive(Parser, Debug)]
@@ -87,7 +100,7 @@ async fn run(Loaded { config, routes }: Loaded) -> ExitCode {
     let handler = match handler::connect_grpc(&config, &routes) {
         Ok(handler) => handler,
         Err(error) => {
-            eprintln!("kafka-scc: invalid configuration: {error}");
+            eprintln!("kafka-scc: {error}");
             return ExitCode::from(EXIT_INVALID_CONFIG);
         }
     };

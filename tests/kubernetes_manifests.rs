@@ -6,9 +6,8 @@
 //! Effective values follow kafka-scc's precedence: a literal environment variable of the
 //! kafka-scc container, else the ConfigMap's TOML key ([`SETTING_KEYS`]), else the default.
 //!
-//! NOTE: the ConfigMap's TOML is read for the keys checked here but not passed through
-//! `config::load`, because its `sasl_ssl` and the `unix://` handler endpoint are rejected by a
-//! kafka-scc built without TLS and Unix-socket support.
+//! The ConfigMap's file and the container's literal variables also pass kafka-scc's own
+//! validation, as `--check-config` would run it in the pod.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -371,6 +370,23 @@ fn config_file_comes_from_configmap() {
     for name in properties.into_iter().flat_map(|properties| properties.keys()) {
         assert!(!is_secret_name(name), "ConfigMap {} holds the secret {name}", config_map.metadata.name);
     }
+}
+
+#[test]
+fn configuration_passes_validation() {
+    let example = Example::load();
+    let (path, _, text) = example.config_file();
+    let mut env: Vec<(String, String)> = example
+        .sidecar()
+        .env
+        .iter()
+        .filter_map(|env| env.value.clone().map(|value| (env.name.clone(), value)))
+        .collect();
+    // The Secret's value is not in the repository; any non-empty password validates the same.
+    env.push(("KAFKA_CFG_SASL_PASSWORD".to_owned(), "placeholder".to_owned()));
+
+    let loaded = kafka_scc::config::load_str(&path, &text, env);
+    assert!(loaded.is_ok(), "{path}: {:?}", loaded.err());
 }
 
 #[test]

@@ -42,13 +42,7 @@ impl Pace {
 
 /// Creates kafka-scc's gRPC client, configured as the binary configures it.
 pub fn grpc_handler_for(config: &Config) -> Result<GrpcHandler, String> {
-    GrpcHandler::connect_lazy(
-        &config.handler_endpoint,
-        config.group_id.clone(),
-        config.handler_timeout,
-        config.pause_codes.clone(),
-    )
-    .map_err(|error| format!("creating the handler client failed: {error}"))
+    GrpcHandler::from_config(config).map_err(|error| format!("creating the handler client failed: {error}"))
 }
 
 /// Connects a plain tonic client over one HTTP/2 connection, with `TCP_NODELAY` as kafka-scc

@@ -206,10 +206,33 @@ pub async fn serve_handler<S: MessageHandler>(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    serve_handler_on(service, incoming, None, shutdown).await
+}
+
+/// Serves `service` on the connections of `incoming` (TCP or Unix socket), over TLS when `tls`
+/// is set, until `shutdown` completes. Like [`serve_handler`], it also serves the health
+/// service.
+pub async fn serve_handler_on<S, I, IO, IE>(
+    service: S,
+    incoming: I,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error>
+where
+    S: MessageHandler,
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<MessageHandlerServer<S>>().await;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(health_service)
         .add_service(MessageHandlerServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown)

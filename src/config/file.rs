@@ -32,6 +32,11 @@ pub const SETTING_KEYS: &[(&str, &str)] = &[
     ("handler.timeout_ms", "SCC_HANDLER_TIMEOUT_MS"),
     ("handler.ready_timeout_ms", "SCC_HANDLER_READY_TIMEOUT_MS"),
     ("handler.pause_codes", "SCC_PAUSE_CODES"),
+    ("handler.max_message_bytes", "SCC_HANDLER_MAX_MESSAGE_BYTES"),
+    ("handler.tls_ca", "HANDLER_TLS_CA"),
+    ("handler.tls_cert", "HANDLER_TLS_CERT"),
+    ("handler.tls_key", "HANDLER_TLS_KEY"),
+    ("handler.tls_server_name", "HANDLER_TLS_SERVER_NAME"),
     ("processing.max_in_flight", "SCC_MAX_IN_FLIGHT"),
     ("processing.order", "SCC_PROCESSING_ORDER"),
     ("processing.partition_buffer", "SCC_PARTITION_BUFFER"),
@@ -168,6 +173,11 @@ fn collect_settings(document: &Document, out: &mut Collector<'_>) {
     out.add("SCC_HANDLER_TIMEOUT_MS", &document.handler.timeout_ms);
     out.add("SCC_HANDLER_READY_TIMEOUT_MS", &document.handler.ready_timeout_ms);
     out.add("SCC_PAUSE_CODES", &document.handler.pause_codes);
+    out.add("SCC_HANDLER_MAX_MESSAGE_BYTES", &document.handler.max_message_bytes);
+    out.add("HANDLER_TLS_CA", &document.handler.tls_ca);
+    out.add("HANDLER_TLS_CERT", &document.handler.tls_cert);
+    out.add("HANDLER_TLS_KEY", &document.handler.tls_key);
+    out.add("HANDLER_TLS_SERVER_NAME", &document.handler.tls_server_name);
     out.add("SCC_MAX_IN_FLIGHT", &document.processing.max_in_flight);
     out.add("SCC_PROCESSING_ORDER", &document.processing.order);
     out.add("SCC_PARTITION_BUFFER", &document.processing.partition_buffer);
@@ -335,7 +345,8 @@ mod tests {
                 text.push_str(&format!("[{table}]\n"));
                 section = table;
             }
-            let whole_number = name.ends_with("_ms") || name == "max_in_flight" || name == "partition_buffer";
+            let whole_number =
+                name.ends_with("_ms") || ["max_in_flight", "partition_buffer", "max_message_bytes"].contains(&name);
             let value = if whole_number { "7" } else { "\"x\"" };
             text.push_str(&format!("{name} = {value}\n"));
         }

@@ -61,6 +61,11 @@ pub(super) struct HandlerSection {
     pub(super) timeout_ms: Field<WholeNumber>,
     pub(super) ready_timeout_ms: Field<WholeNumber>,
     pub(super) pause_codes: Field<TextList>,
+    pub(super) max_message_bytes: Field<WholeNumber>,
+    pub(super) tls_ca: Field<String>,
+    pub(super) tls_cert: Field<String>,
+    pub(super) tls_key: Field<String>,
+    pub(super) tls_server_name: Field<String>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

@@ -3,14 +3,16 @@
 //!
 //! The channel connects lazily and reconnects by itself, so a handler that starts after
 //! kafka-scc, or restarts, is picked up without restarting the sidecar; until then every call
-//! fails as a transport error, which is pause-eligible.
+//! fails as a transport error, which is pause-eligible. The same is true over TLS and over a Unix
+//! domain socket: [`GrpcHandler::new`] is the one place that builds the channel.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use prost::Message as _;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -18,6 +20,7 @@ use tracing::debug;
 
 use super::classify::{CallFailure, classify};
 use super::{Handler, HandlerError, Readiness};
+use crate::config::{Config, ConfigError, HandlerAddress, HandlerTls, HandlerTransport, parse_handler_endpoint};
 use crate::message::{Message, TimestampType, traceparent_for};
 use crate::proto::message_handler_client::MessageHandlerClient;
 use crate::proto::{self, HandleRequest};
@@ -31,6 +34,10 @@ const HEALTH_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The interval between start-up health checks while the handler is not serving.
 const HEALTH_RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Maximum duration of a connection attempt (TCP connect and TLS handshake); the call timeout
+/// when that is shorter.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Calls a remote `MessageHandler` service.
 #[derive(Clone, Debug)]
 pub struct GrpcHandler {
@@ -39,32 +46,87 @@ pub struct GrpcHandler {
     group_id: String,
     timeout: Duration,
     pause_codes: HashSet<Code>,
+    max_message_bytes: usize,
 }
 
 impl GrpcHandler {
-    /// Creates a handler client for `endpoint` (`http://host:port`) without connecting yet.
+    /// Creates the handler client of `config`: its `HANDLER_ENDPOINT` over its handler
+    /// transport, without connecting yet.
+    pub fn from_config(config: &Config) -> Result<GrpcHandler, ConfigError> {
+        let address =
+            parse_handler_endpoint("HANDLER_ENDPOINT", &config.handler_endpoint, &config.handler_transport.tls)?;
+        GrpcHandler::new(
+            &address,
+            &config.handler_transport,
+            config.group_id.clone(),
+            config.handler_timeout,
+            config.pause_codes.clone(),
+        )
+        .map_err(|error| ConfigError {
+            variable: "HANDLER_ENDPOINT".to_owned(),
+            value: config.handler_endpoint.clone(),
+            expected: format!("the handler channel cannot be built: {error}"),
+        })
+    }
+
+    /// Creates a handler client for `address` over `transport`, without connecting yet. The
+    /// address comes from [`parse_handler_endpoint`], which has checked it against the TLS
+    /// settings.
     ///
     /// `timeout` is kafka-scc's own deadline for each call; it is also sent to the handler as
     /// the gRPC deadline. `pause_codes` are the handler codes that close the gate.
-    pub fn connect_lazy(
-        endpoint: &str,
+    pub fn new(
+        address: &HandlerAddress,
+        transport: &HandlerTransport,
         group_id: impl Into<String>,
         timeout: Duration,
         pause_codes: HashSet<Code>,
     ) -> Result<GrpcHandler, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())?
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
+        let connect_timeout = timeout.min(MAX_CONNECT_TIMEOUT);
+        let endpoint = match address {
+            HandlerAddress::Http(uri) => Endpoint::from_shared(uri.clone())?,
+            HandlerAddress::Https(uri) => {
+                Endpoint::from_shared(uri.clone())?.tls_config(tls_config(&transport.tls, connect_timeout))?
+            }
+            // tonic connects `unix:` endpoints with tokio's UnixStream, lazily and again after
+            // every disconnection, like TCP ones.
+            HandlerAddress::Unix(path) => Endpoint::from_shared(format!("unix://{}", path.display()))?,
+        };
+        let channel = endpoint
+            .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
             .connect_lazy();
+        let limit = transport.max_message_bytes;
         Ok(GrpcHandler {
-            client: MessageHandlerClient::new(channel.clone()),
+            client: MessageHandlerClient::new(channel.clone())
+                .max_encoding_message_size(limit)
+                .max_decoding_message_size(limit),
             health: HealthClient::new(channel),
             group_id: group_id.into(),
             timeout,
             pause_codes,
+            max_message_bytes: limit,
+        })
+    }
+
+    /// Creates a handler client for `endpoint` with the default transport (no TLS settings, the
+    /// default message size limit), without connecting yet. For tools and tests; the binary
+    /// uses [`GrpcHandler::from_config`].
+    pub fn connect_lazy(
+        endpoint: &str,
+        group_id: impl Into<String>,
+        timeout: Duration,
+        pause_codes: HashSet<Code>,
+    ) -> Result<GrpcHandler, ConfigError> {
+        let transport = HandlerTransport::default();
+        let address = parse_handler_endpoint("HANDLER_ENDPOINT", endpoint, &transport.tls)?;
+        GrpcHandler::new(&address, &transport, group_id, timeout, pause_codes).map_err(|error| ConfigError {
+            variable: "HANDLER_ENDPOINT".to_owned(),
+            value: endpoint.to_owned(),
+            expected: format!("the handler channel cannot be built: {error}"),
         })
     }
 
@@ -99,6 +161,23 @@ impl GrpcHandler {
         }
         request
     }
+}
+
+/// Builds the TLS client configuration of an `https://` endpoint: the configured CA or else the system's
+/// root certificates, the client identity for mutual TLS, and the server name override.
+fn tls_config(tls: &HandlerTls, handshake_timeout: Duration) -> ClientTlsConfig {
+    let mut config = ClientTlsConfig::new().timeout(handshake_timeout);
+    config = match &tls.ca {
+        Some(ca) => config.ca_certificate(Certificate::from_pem(ca.pem())),
+        None => config.with_native_roots(),
+    };
+    if let Some(identity) = &tls.identity {
+        config = config.identity(Identity::from_pem(identity.cert.pem(), identity.key.pem()));
+    }
+    if let Some(name) = &tls.server_name {
+        config = config.domain_name(name.clone());
+    }
+    config
 }
 
 impl GrpcHandler {
@@ -145,11 +224,25 @@ impl Handler for GrpcHandler {
 
     async fn handle(&self, message: &Message, attempt: u32) -> Result<(), HandlerError> {
         let request = self.request(message, attempt);
+        let size = request.get_ref().encoded_len();
+        if size > self.max_message_bytes {
+            // Retrying cannot make the message smaller, so it is not pause-eligible. gRPC
+            // libraries report an over-limit message as RESOURCE_EXHAUSTED.
+            return Err(HandlerError::non_pausing(
+                Some(Code::ResourceExhausted),
+                format!(
+                    "the request is {size} bytes, over the limit of {} bytes (SCC_HANDLER_MAX_MESSAGE_BYTES); not sent to the handler",
+                    self.max_message_bytes
+                ),
+            ));
+        }
         let mut client = self.client.clone();
 
-        // NOTE: a request larger than the handler's maximum receive size (4 MiB by default in
-        // most gRPC servers) is rejected with RESOURCE_EXHAUSTED, which is pause-eligible by
-        // default, so such a message is retried until the limit is raised.
+        // NOTE: a handler server whose own receive limit is below SCC_HANDLER_MAX_MESSAGE_BYTES
+        // (4 MiB by default in most gRPC servers) rejects a request between the two limits with
+        // RESOURCE_EXHAUSTED, which is pause-eligible by default, so such a message is retried
+        // until the handler's limit is raised. The README asks for a handler receive limit of at
+        // least SCC_HANDLER_MAX_MESSAGE_BYTES.
         let started = tokio::time::Instant::now();
         let failure = match tokio::time::timeout(self.timeout, client.handle(request)).await {
             Ok(Ok(_)) => return Ok(()),

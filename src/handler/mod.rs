@@ -19,7 +19,7 @@ use crate::message::Message;
 
 pub use classify::{CallFailure, DEFAULT_PAUSE_CODES, classify};
 pub use grpc::GrpcHandler;
-pub use router::{EndpointError, TopicRouter, connect_grpc};
+pub use router::{TopicRouter, connect_grpc};
 
 /// The pipeline's treatment of a failed message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

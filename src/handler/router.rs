@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 
 use super::{GrpcHandler, Handler, HandlerError, Readiness};
-use crate::config::{Config, TopicRoutes};
+use crate::config::{Config, ConfigError, TopicRoutes, parse_handler_endpoint};
 use crate::message::Message;
 
 /// Routes each message to the handler configured for its topic.
@@ -113,22 +113,27 @@ fn combine_readiness(results: Vec<(&str, Readiness)>) -> Readiness {
     }
 }
 
-/// An endpoint that the gRPC client rejected.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid handler endpoint {endpoint:?}: {source}")]
-pub struct EndpointError {
-    pub endpoint: String,
-    pub source: tonic::transport::Error,
-}
-
 /// Creates the gRPC handler clients of `config` and `routes` without connecting yet: one per
-/// distinct endpoint, all with the same deadline, group id and pause codes.
+/// distinct endpoint, all over the configured handler transport (TLS settings, message size
+/// limit) and with the same deadline, group id and pause codes.
 ///
 /// This is the one place where the binary creates [`GrpcHandler`]s.
-pub fn connect_grpc(config: &Config, routes: &TopicRoutes) -> Result<TopicRouter<GrpcHandler>, EndpointError> {
+pub fn connect_grpc(config: &Config, routes: &TopicRoutes) -> Result<TopicRouter<GrpcHandler>, ConfigError> {
     TopicRouter::build(&config.topics, &config.handler_endpoint, routes, |endpoint| {
-        GrpcHandler::connect_lazy(endpoint, config.group_id.clone(), config.handler_timeout, config.pause_codes.clone())
-            .map_err(|source| EndpointError { endpoint: endpoint.to_owned(), source })
+        let variable = if endpoint == config.handler_endpoint { "HANDLER_ENDPOINT" } else { "topics.handler_endpoint" };
+        let address = parse_handler_endpoint(variable, endpoint, &config.handler_transport.tls)?;
+        GrpcHandler::new(
+            &address,
+            &config.handler_transport,
+            config.group_id.clone(),
+            config.handler_timeout,
+            config.pause_codes.clone(),
+        )
+        .map_err(|error| ConfigError {
+            variable: variable.to_owned(),
+            value: endpoint.to_owned(),
+            expected: format!("the handler channel cannot be built: {error}"),
+        })
     })
 }
 
@@ -262,6 +267,6 @@ mod tests {
     fn invalid_endpoint_is_named() {
         let config = Config::from_vars([("KAFKA_TOPIC", "payments")]).unwrap();
         let error = connect_grpc(&config, &TopicRoutes::new([("payments", "http://[::1")])).unwrap_err();
-        assert_eq!(error.endpoint, "http://[::1");
+        assert_eq!(error.value, "http://[::1");
     }
 }

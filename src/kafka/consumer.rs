@@ -77,6 +77,7 @@ impl KafkaConsumer {
             revoke_timeout: config.revoke_timeout,
             stats,
             repeated_errors: Mutex::new(RepeatLimiter::new(REPEATED_ERROR_INTERVAL)),
+            secrets: config.kafka_properties.secret_values(),
         };
         let consumer: BaseConsumer<SidecarContext> = config.consumer_config().create_with_context(context)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();

@@ -6,6 +6,7 @@
 //! synchronous commit, because offsets of revoked partitions must be committed while this
 //! consumer still owns them.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,11 +54,33 @@ pub(crate) struct SidecarContext {
     pub(crate) stats: Arc<Stats>,
     /// Client errors repeat many times a second while a broker is unreachable.
     pub(crate) repeated_errors: Mutex<RepeatLimiter>,
+    /// Secret configuration values, scrubbed from every librdkafka message before it is logged.
+    pub(crate) secrets: Vec<String>,
+}
+
+impl SidecarContext {
+    fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        scrub(text, &self.secrets)
+    }
+}
+
+/// Replaces every secret configuration value in `text` with `[redacted]`. librdkafka redacts
+/// the properties it marks sensitive in its own configuration dumps; this also covers any other
+/// message that might quote a secret.
+pub(crate) fn scrub<'a>(text: &'a str, secrets: &[String]) -> Cow<'a, str> {
+    let mut text = Cow::Borrowed(text);
+    for secret in secrets {
+        if text.contains(secret.as_str()) {
+            text = Cow::Owned(text.replace(secret.as_str(), "[redacted]"));
+        }
+    }
+    text
 }
 
 impl ClientContext for SidecarContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        forward_log(level, facility, message);
+        let message = self.scrub(message);
+        forward_log(level, facility, &message);
         // librdkafka logs offset resets caused by errors at warning level under this facility
         // (librdkafka 2.12, rdkafka_offset.c).
         if matches!(level, RDKafkaLogLevel::Warning) && facility == "OFFSET" && message.contains("offset reset") {
@@ -80,9 +103,11 @@ impl ClientContext for SidecarContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         // librdkafka reports transient broker problems here too and recovers from them itself.
-        let admitted = self.repeated_errors.lock().map(|mut limiter| limiter.admit(reason, Instant::now()));
+        let reason = self.scrub(reason);
+        let admitted = self.repeated_errors.lock().map(|mut limiter| limiter.admit(&reason, Instant::now()));
         if let Ok(Some(left_out)) = admitted {
-            warn!(target: "librdkafka", %error, reason, repeats_left_out = left_out, "client error");
+            let error = self.scrub(&error.to_string()).into_owned();
+            warn!(target: "librdkafka", %error, reason = &*reason, repeats_left_out = left_out, "client error");
         }
     }
 }
@@ -164,4 +189,22 @@ pub(crate) fn describe(partitions: &[TopicPartition]) -> String {
 
 pub(crate) fn describe_offsets(offsets: &[(TopicPartition, i64)]) -> String {
     offsets.iter().map(|(partition, offset)| format!("{partition}@{offset}")).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_replaces_every_secret() {
+        let secrets = vec!["hunter2".to_owned(), "s3cr3t-token".to_owned()];
+        let text = "sasl.password=hunter2 retry with hunter2 and s3cr3t-token";
+        assert_eq!(scrub(text, &secrets), "sasl.password=[redacted] retry with [redacted] and [redacted]");
+    }
+
+    #[test]
+    fn scrub_leaves_clean_text_borrowed() {
+        let secrets = vec!["hunter2".to_owned()];
+        assert!(matches!(scrub("Connected to broker 1", &secrets), Cow::Borrowed(_)));
+    }
 }

@@ -18,7 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tracing::warn;
 
-use super::context::forward_log;
+use super::context::{forward_log, scrub};
 use crate::config::Config;
 use crate::handler::HandlerError;
 use crate::message::{Message, TimestampType};
@@ -69,7 +69,10 @@ impl DeadLetterProducer {
         let Some(topic) = &config.dead_letter_topic else {
             return Ok(None);
         };
-        let context = DeadLetterContext { repeated_errors: Mutex::new(RepeatLimiter::new(Duration::from_secs(10))) };
+        let context = DeadLetterContext {
+            repeated_errors: Mutex::new(RepeatLimiter::new(Duration::from_secs(10))),
+            secrets: config.kafka_properties.secret_values(),
+        };
         let producer = FutureProducer::from_config_and_context(&config.dead_letter_producer_config(), context)?;
         Ok(Some(DeadLetterProducer {
             producer,
@@ -134,27 +137,33 @@ fn dead_letter_headers(message: &Message, rejection: &HandlerError, group_id: &s
     headers
 }
 
-/// Routes the producer's librdkafka logs into tracing and rate-limits its client errors, which
-/// repeat many times a second while a broker is unreachable.
+/// Routes the producer's librdkafka logs into tracing with secret values removed, and
+/// rate-limits its client errors, which repeat many times a second while a broker is
+/// unreachable.
 struct DeadLetterContext {
     repeated_errors: Mutex<RepeatLimiter>,
+    /// Secret configuration values, scrubbed from every librdkafka message before it is logged.
+    secrets: Vec<String>,
 }
 
 impl ClientContext for DeadLetterContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         // `KAFKA_CFG_*` contains consumer settings too; the producer ignores them, as it should,
         // so librdkafka's warning about each one is noise here.
+        let message = scrub(message, &self.secrets);
         if facility == "CONFWARN" && message.contains("is a consumer property") {
-            forward_log(RDKafkaLogLevel::Debug, facility, message);
+            forward_log(RDKafkaLogLevel::Debug, facility, &message);
             return;
         }
-        forward_log(level, facility, message);
+        forward_log(level, facility, &message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let admitted = self.repeated_errors.lock().map(|mut limiter| limiter.admit(reason, Instant::now()));
+        let reason = scrub(reason, &self.secrets);
+        let admitted = self.repeated_errors.lock().map(|mut limiter| limiter.admit(&reason, Instant::now()));
         if let Ok(Some(left_out)) = admitted {
-            warn!(target: "librdkafka", %error, reason, repeats_left_out = left_out, "dead-letter producer error");
+            let error = scrub(&error.to_string(), &self.secrets).into_owned();
+            warn!(target: "librdkafka", %error, reason = &*reason, repeats_left_out = left_out, "dead-letter producer error");
         }
     }
 }

@@ -1,10 +1,14 @@
 //! Shared fixtures for the integration tests: a librdkafka mock cluster over TCP, a producer,
-//! real tonic handler servers on loopback, and configuration for a sidecar under test.
+//! real tonic handler servers on loopback (plaintext, TLS or a Unix socket), certificates made
+//! for the test ([`pki`]), and configuration for a sidecar under test.
 #![allow(dead_code)]
+
+pub mod pki;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +27,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
+use tonic::transport::ServerTlsConfig;
+use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
 /// Generous bound for conditions the tests wait on; reaching it means the test failed.
@@ -411,53 +417,117 @@ impl MessageHandler for RecordingHandler {
     }
 }
 
+/// How a [`HandlerServer`] listens and serves. The default is plaintext on a fresh loopback
+/// port with tonic's default limits.
+#[derive(Clone, Default)]
+pub struct ServerOptions {
+    /// Serves TLS with this configuration: the server's identity and, for mutual TLS, the CA that
+    /// client certificates must chain to.
+    pub tls: Option<ServerTlsConfig>,
+    /// Listens on this Unix socket path instead of a TCP port.
+    pub unix_socket: Option<PathBuf>,
+    /// The largest request the handler service accepts; tonic's default (4 MiB) when `None`.
+    pub max_decoding_message_size: Option<usize>,
+    /// Also serves the standard gRPC health service, reporting the handler as SERVING.
+    pub health: bool,
+}
+
 /// A running handler server; dropping `stop` or calling [`HandlerServer::stop`] ends it.
 pub struct HandlerServer {
+    /// The TCP address; unspecified (`0.0.0.0:0`) for a server on a Unix socket.
     pub addr: SocketAddr,
+    /// The socket path of a server started with [`ServerOptions::unix_socket`].
+    pub unix_socket: Option<PathBuf>,
+    tls: bool,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     /// Second handles on every accepted socket, so that [`HandlerServer::kill`] can cut the
     /// connections that the server's own tasks would keep open.
-    connections: Arc<Mutex<Vec<std::net::TcpStream>>>,
+    connections: Arc<Mutex<Vec<AcceptedSocket>>>,
+}
+
+/// A second handle on an accepted connection.
+enum AcceptedSocket {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl AcceptedSocket {
+    fn shutdown(&self) {
+        let _ = match self {
+            AcceptedSocket::Tcp(socket) => socket.shutdown(std::net::Shutdown::Both),
+            AcceptedSocket::Unix(socket) => socket.shutdown(std::net::Shutdown::Both),
+        };
+    }
 }
 
 impl HandlerServer {
     /// Serves `handler` on a fresh loopback port.
     pub async fn start<S: MessageHandler>(handler: S) -> HandlerServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-        HandlerServer::serve(handler, listener)
+        HandlerServer::start_with(handler, ServerOptions::default()).await
     }
 
     /// Serves `handler` on `addr`, for restarting a server on the port it had.
     pub async fn start_on<S: MessageHandler>(handler: S, addr: SocketAddr) -> HandlerServer {
         let listener = TcpListener::bind(addr).await.expect("rebind the same loopback port");
-        HandlerServer::serve(handler, listener)
+        HandlerServer::serve_tcp(handler, listener, ServerOptions::default())
     }
 
-    fn serve<S: MessageHandler>(handler: S, listener: TcpListener) -> HandlerServer {
+    /// Serves `handler` as `options` set: over TLS, on a Unix socket, with a smaller receive
+    /// limit, with the health service.
+    pub async fn start_with<S: MessageHandler>(handler: S, options: ServerOptions) -> HandlerServer {
+        match options.unix_socket.clone() {
+            Some(path) => {
+                let listener = tokio::net::UnixListener::bind(&path).expect("bind the Unix socket");
+                HandlerServer::serve_unix(handler, listener, path, options)
+            }
+            None => {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+                HandlerServer::serve_tcp(handler, listener, options)
+            }
+        }
+    }
+
+    fn serve_tcp<S: MessageHandler>(handler: S, listener: TcpListener, options: ServerOptions) -> HandlerServer {
         let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let connections: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let connections: Arc<Mutex<Vec<AcceptedSocket>>> = Arc::default();
         let tracked = connections.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |accepted| {
             let socket = accepted?.into_std()?;
-            tracked.lock().unwrap().push(socket.try_clone()?);
+            tracked.lock().unwrap().push(AcceptedSocket::Tcp(socket.try_clone()?));
             tokio::net::TcpStream::from_std(socket)
         });
-        let task = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(MessageHandlerServer::new(handler))
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("handler server runs");
-        });
-        HandlerServer { addr, stop: Some(stop), task, connections }
+        let tls = options.tls.is_some();
+        let (stop, task) = spawn_server(handler, incoming, options);
+        HandlerServer { addr, unix_socket: None, tls, stop: Some(stop), task, connections }
     }
 
+    fn serve_unix<S: MessageHandler>(
+        handler: S,
+        listener: tokio::net::UnixListener,
+        path: PathBuf,
+        options: ServerOptions,
+    ) -> HandlerServer {
+        let connections: Arc<Mutex<Vec<AcceptedSocket>>> = Arc::default();
+        let tracked = connections.clone();
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener).map(move |accepted| {
+            let socket = accepted?.into_std()?;
+            tracked.lock().unwrap().push(AcceptedSocket::Unix(socket.try_clone()?));
+            tokio::net::UnixStream::from_std(socket)
+        });
+        let tls = options.tls.is_some();
+        let (stop, task) = spawn_server(handler, incoming, options);
+        let addr = SocketAddr::from(([0, 0, 0, 0], 0));
+        HandlerServer { addr, unix_socket: Some(path), tls, stop: Some(stop), task, connections }
+    }
+
+    /// The address kafka-scc calls: `unix://`, `https://` or `http://`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        match (&self.unix_socket, self.tls) {
+            (Some(path), _) => format!("unix://{}", path.display()),
+            (None, true) => format!("https://{}", self.addr),
+            (None, false) => format!("http://{}", self.addr),
+        }
     }
 
     /// Stops accepting calls and closes the listener. A connection with a call still open may
@@ -476,9 +546,46 @@ impl HandlerServer {
         self.task.abort();
         let _ = (&mut self.task).await;
         for socket in self.connections.lock().unwrap().drain(..) {
-            let _ = socket.shutdown(std::net::Shutdown::Both);
+            socket.shutdown();
         }
     }
+}
+
+/// Serves `handler` on `incoming` in a task until the returned sender fires or is dropped.
+fn spawn_server<S, I, IO>(handler: S, incoming: I, options: ServerOptions) -> (oneshot::Sender<()>, JoinHandle<()>)
+where
+    S: MessageHandler,
+    I: tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+{
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut service = MessageHandlerServer::new(handler);
+    if let Some(limit) = options.max_decoding_message_size {
+        service = service.max_decoding_message_size(limit);
+    }
+    let task = tokio::spawn(async move {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = options.tls {
+            builder = builder.tls_config(tls).expect("valid server TLS configuration");
+        }
+        let health = if options.health {
+            let (reporter, health) = tonic_health::server::health_reporter();
+            reporter.set_serving::<MessageHandlerServer<S>>().await;
+            Some(health)
+        } else {
+            None
+        };
+        builder
+            .add_optional_service(health)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("handler server runs");
+    });
+    (stop, task)
 }
 
 /// Returns a loopback address whose port was free a moment ago, so nothing listens on it unless
@@ -490,13 +597,7 @@ pub fn free_loopback_addr() -> SocketAddr {
 
 /// Creates the gRPC handler client a sidecar with `config` would use.
 pub fn grpc_handler(config: &Config) -> GrpcHandler {
-    GrpcHandler::connect_lazy(
-        &config.handler_endpoint,
-        config.group_id.clone(),
-        config.handler_timeout,
-        config.pause_codes.clone(),
-    )
-    .expect("valid handler endpoint")
+    GrpcHandler::from_config(config).expect("valid handler endpoint")
 }
 
 /// A sidecar running on a task of the test runtime until [`RunningSidecar::shutdown`].
