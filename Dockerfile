@@ -5,10 +5,10 @@
 #   docker build -t kafka-scc .
 #   docker run --rm kafka-scc --help
 #
-# The build stage compiles librdkafka from source through the rdkafka crate, with its own
-# configure script and make, and a vendored OpenSSL when TLS support is enabled, which needs
-# perl. The official Rust image has gcc, make and perl, and protoc comes inside a crate, so
-# the stage installs nothing.
+# The build stage compiles librdkafka and OpenSSL from source through the rdkafka crate
+# (librdkafka's own configure script and make; OpenSSL's build needs perl). The official Rust
+# image has gcc, make and perl, and protoc comes inside a crate, so the stage installs nothing.
+# The binary links only libc, libm, libgcc_s and libz dynamically; OpenSSL is linked in.
 
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
