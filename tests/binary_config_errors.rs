@@ -5,16 +5,11 @@
 
 mod support;
 
-use std::process::Stdio;
-use std::time::Duration;
+use support::binary::run_binary;
 
-use tokio::process::Command;
-
-/// Exit code the binary documents for an invalid configuration.
+/// Exit code the binary documents for an invalid configuration. A binary that accepted the
+/// configuration would keep running, and the run's time bound would fail the test.
 const EXIT_INVALID_CONFIG: i32 = 2;
-/// Bound on one run; a binary that accepted the configuration would keep running and be
-/// killed after this.
-const RUN_BOUND: Duration = Duration::from_secs(20);
 
 /// One invalid setting: the variable, its value (`None` to leave it unset) and a piece of the
 /// accepted form that the error line must contain.
@@ -37,21 +32,9 @@ const CASES: &[Case] = &[
 ];
 
 /// Runs the binary with only the given environment; returns its exit code and stderr.
-async fn run_binary(env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let child = Command::new(env!("CARGO_BIN_EXE_kafka-scc"))
-        .env_clear()
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    let output = tokio::time::timeout(RUN_BOUND, child.wait_with_output())
-        .await
-        .expect("the binary exits on an invalid configuration")
-        .expect("the binary's output is read");
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+async fn run_with_env(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let run = run_binary::<&str>(&[], env).await;
+    (run.code, run.stderr)
 }
 
 #[tokio::test]
@@ -69,7 +52,7 @@ async fn invalid_values_exit_with_one_line() {
             env.push((case.variable, value));
         }
 
-        let (code, stderr) = run_binary(&env).await;
+        let (code, stderr) = run_with_env(&env).await;
         let at = format!("{}={:?}", case.variable, case.value);
         assert_eq!(code, Some(EXIT_INVALID_CONFIG), "{at}: stderr {stderr:?}");
         let lines: Vec<&str> = stderr.lines().collect();
@@ -215,7 +198,7 @@ async fn invalid_tls_files_exit_with_one_line() {
             env.push((name, value.as_str()));
         }
 
-        let (code, stderr) = run_binary(&env).await;
+        let (code, stderr) = run_with_env(&env).await;
         let at = format!("{:?}", case.vars);
         assert_eq!(code, Some(EXIT_INVALID_CONFIG), "{at}: stderr {stderr:?}");
         let lines: Vec<&str> = stderr.lines().collect();

@@ -4,16 +4,14 @@
 //!
 //! Every run uses `--check-config` or fails validation, so no run connects anywhere.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+mod support;
 
-use tokio::process::Command;
+use std::path::{Path, PathBuf};
+
+use support::binary::{BinaryRun, run_binary};
 
 /// Exit code the binary documents for an invalid configuration.
 const EXIT_INVALID_CONFIG: i32 = 2;
-/// Bound on one run; `--check-config` and a rejected configuration both exit at once.
-const RUN_BOUND: Duration = Duration::from_secs(20);
 
 /// Returns the path of the example configuration file that the README points to.
 fn example_file() -> PathBuf {
@@ -37,43 +35,13 @@ impl Drop for TempFile {
     }
 }
 
-/// What one run of the binary printed.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the binary with `args` and only the environment `env`.
-async fn run_binary(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Run {
-    let child = Command::new(env!("CARGO_BIN_EXE_kafka-scc"))
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    let output = tokio::time::timeout(RUN_BOUND, child.wait_with_output())
-        .await
-        .expect("the binary exits")
-        .expect("the binary's output is read");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-async fn check_config(file: &Path, env: &[(&str, &str)]) -> Run {
+async fn check_config(file: &Path, env: &[(&str, &str)]) -> BinaryRun {
     run_binary(&["--config".as_ref(), file.as_os_str(), "--check-config".as_ref()], env).await
 }
 
 /// Asserts that a run was rejected with exit code 2 and exactly one line on stderr, and
 /// returns that line.
-fn rejection_line(run: &Run) -> String {
+fn rejection_line(run: &BinaryRun) -> String {
     assert_eq!(run.code, Some(EXIT_INVALID_CONFIG), "stdout {:?}, stderr {:?}", run.stdout, run.stderr);
     let lines: Vec<&str> = run.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "stderr {:?}", run.stderr);

@@ -3,12 +3,10 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
+use support::binary::{drain_pipe, spawn_binary};
 use support::*;
-use tokio::io::AsyncReadExt;
-use tokio::process::Command;
 use tokio::time::Instant;
 
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(5_000);
@@ -31,33 +29,22 @@ async fn binary_commits_and_stops_on_sigterm() {
 
     let shutdown_ms = SHUTDOWN_TIMEOUT.as_millis().to_string();
     let endpoint = server.endpoint();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kafka-scc"))
-        .env_clear()
-        .envs([
-            ("KAFKA_BROKERS", broker.bootstrap.as_str()),
-            ("KAFKA_GROUP_ID", group.as_str()),
-            ("SCC_HTTP_ADDR", "127.0.0.1:0"),
-            ("KAFKA_TOPIC", topic.as_str()),
-            ("HANDLER_ENDPOINT", endpoint.as_str()),
-            ("SCC_COMMIT_INTERVAL_MS", "50"),
-            ("SCC_SHUTDOWN_TIMEOUT_MS", shutdown_ms.as_str()),
-            ("KAFKA_CFG_SESSION_TIMEOUT_MS", "6000"),
-            ("KAFKA_CFG_HEARTBEAT_INTERVAL_MS", "500"),
-            ("RUST_LOG", "info"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    // Drain the log while the binary runs, so a full pipe can never block it.
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let log = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text).await;
-        text
-    });
+    let env = [
+        ("KAFKA_BROKERS", broker.bootstrap.as_str()),
+        ("KAFKA_GROUP_ID", group.as_str()),
+        ("SCC_HTTP_ADDR", "127.0.0.1:0"),
+        ("KAFKA_TOPIC", topic.as_str()),
+        ("HANDLER_ENDPOINT", endpoint.as_str()),
+        ("SCC_COMMIT_INTERVAL_MS", "50"),
+        ("SCC_SHUTDOWN_TIMEOUT_MS", shutdown_ms.as_str()),
+        ("KAFKA_CFG_SESSION_TIMEOUT_MS", "6000"),
+        ("KAFKA_CFG_HEARTBEAT_INTERVAL_MS", "500"),
+        ("RUST_LOG", "info"),
+    ];
+    let mut child = spawn_binary::<&str>(&[], &env);
+    // Drain both pipes while the binary runs, so a full pipe can never block it.
+    let log = drain_pipe(child.stderr.take().expect("stderr is piped"));
+    let _stdout = drain_pipe(child.stdout.take().expect("stdout is piped"));
 
     let end = PER_PARTITION as i64;
     let committed = broker.wait_for_committed(&group, &topic, &[end, end]).await;

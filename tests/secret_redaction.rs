@@ -6,13 +6,11 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
+use support::binary::{drain_pipe, run_binary, spawn_binary};
 use support::pki::TestPki;
 use support::*;
-use tokio::io::AsyncReadExt;
-use tokio::process::Command;
 
 const SASL_PASSWORD: &str = "sasl-pw-Zq8vLm3x";
 const SSL_KEY_PASSWORD: &str = "key-pw-Hr5tNw2k";
@@ -55,23 +53,8 @@ fn assert_no_secret(what: &str, text: &str, secrets: &[String]) {
 
 /// Runs the binary to completion with only `env`; returns its exit code, stdout and stderr.
 async fn run_to_exit(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String, String) {
-    let child = Command::new(env!("CARGO_BIN_EXE_kafka-scc"))
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    let output = tokio::time::timeout(WAIT, child.wait_with_output())
-        .await
-        .expect("the binary exits")
-        .expect("the binary's output is read");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    (output.status.code(), stdout, stderr)
+    let run = run_binary(args, env).await;
+    (run.code, run.stdout, run.stderr)
 }
 
 #[tokio::test]
@@ -172,28 +155,10 @@ async fn debug_run_logs_and_metrics_redact_secrets() {
         ("KAFKA_CFG_DEBUG", "all"),
         ("RUST_LOG", "debug"),
     ]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kafka-scc"))
-        .env_clear()
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
+    let mut child = spawn_binary::<&str>(&[], &env);
     // Drain both pipes while the binary runs, so a full pipe can never block it.
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let logs = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text).await;
-        text
-    });
-    let output = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text).await;
-        text
-    });
+    let logs = drain_pipe(child.stderr.take().expect("stderr is piped"));
+    let output = drain_pipe(child.stdout.take().expect("stdout is piped"));
 
     let committed = broker.wait_for_committed(&group, &topic, &[COUNT]).await;
     assert!(committed.is_ok(), "broker committed offsets: {committed:?}");

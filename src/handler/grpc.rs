@@ -53,8 +53,14 @@ impl GrpcHandler {
     /// Creates the handler client of `config`: its `HANDLER_ENDPOINT` over its handler
     /// transport, without connecting yet.
     pub fn from_config(config: &Config) -> Result<GrpcHandler, ConfigError> {
-        let address =
-            parse_handler_endpoint("HANDLER_ENDPOINT", &config.handler_endpoint, &config.handler_transport.tls)?;
+        GrpcHandler::for_endpoint(config, "HANDLER_ENDPOINT", &config.handler_endpoint)
+    }
+
+    /// Creates a handler client for `endpoint` with the other handler settings of `config`
+    /// (transport, deadline, group id, pause codes), without connecting yet. `variable` names
+    /// the setting the endpoint came from, for the error.
+    pub fn for_endpoint(config: &Config, variable: &str, endpoint: &str) -> Result<GrpcHandler, ConfigError> {
+        let address = parse_handler_endpoint(variable, endpoint, &config.handler_transport.tls)?;
         GrpcHandler::new(
             &address,
             &config.handler_transport,
@@ -63,8 +69,8 @@ impl GrpcHandler {
             config.pause_codes.clone(),
         )
         .map_err(|error| ConfigError {
-            variable: "HANDLER_ENDPOINT".to_owned(),
-            value: config.handler_endpoint.clone(),
+            variable: variable.to_owned(),
+            value: endpoint.to_owned(),
             expected: format!("the handler channel cannot be built: {error}"),
         })
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 
 use super::{GrpcHandler, Handler, HandlerError, Readiness};
-use crate::config::{Config, ConfigError, TopicRoutes, parse_handler_endpoint};
+use crate::config::{Config, ConfigError, TopicRoutes};
 use crate::message::Message;
 
 /// Routes each message to the handler configured for its topic.
@@ -121,19 +121,7 @@ fn combine_readiness(results: Vec<(&str, Readiness)>) -> Readiness {
 pub fn connect_grpc(config: &Config, routes: &TopicRoutes) -> Result<TopicRouter<GrpcHandler>, ConfigError> {
     TopicRouter::build(&config.topics, &config.handler_endpoint, routes, |endpoint| {
         let variable = if endpoint == config.handler_endpoint { "HANDLER_ENDPOINT" } else { "topics.handler_endpoint" };
-        let address = parse_handler_endpoint(variable, endpoint, &config.handler_transport.tls)?;
-        GrpcHandler::new(
-            &address,
-            &config.handler_transport,
-            config.group_id.clone(),
-            config.handler_timeout,
-            config.pause_codes.clone(),
-        )
-        .map_err(|error| ConfigError {
-            variable: variable.to_owned(),
-            value: endpoint.to_owned(),
-            expected: format!("the handler channel cannot be built: {error}"),
-        })
+        GrpcHandler::for_endpoint(config, variable, endpoint)
     })
 }
 

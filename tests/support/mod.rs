@@ -3,6 +3,7 @@
 //! for the test ([`pki`]), and configuration for a sidecar under test.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod pki;
 
 use std::collections::BTreeMap;
