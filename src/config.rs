@@ -285,18 +285,30 @@ impl Config {
         }
         // librdkafka names the property in such a message, as in
         // "Client creation error: ssl.key.location failed: ...".
+        // Other messages quote only the value, as in "Unsupported SASL mechanism: NOPE"; a
+        // property whose (non-secret) value the message quotes is the likely cause.
         let blamed = reason
             .split(|c: char| c.is_whitespace() || c == ':' || c == '"')
-            .find(|word| self.kafka_properties.contains_key(*word));
+            .find(|word| self.kafka_properties.contains_key(*word))
+            .map(str::to_owned)
+            .or_else(|| {
+                self.kafka_properties
+                    .iter()
+                    .filter(|(name, value)| !is_secret_name(name) && value.len() > 1)
+                    .find(|(_, value)| reason.contains(value.as_str()))
+                    .map(|(name, _)| name.clone())
+            });
+        let variable_of = |name: &str| format!("{KAFKA_CFG_PREFIX}{}", name.to_ascii_uppercase().replace('.', "_"));
         Err(match blamed {
             Some(name) => ConfigError::new(
-                &format!("{KAFKA_CFG_PREFIX}{}", name.to_ascii_uppercase().replace('.', "_")),
-                &self.kafka_properties[name],
+                &variable_of(&name),
+                &self.kafka_properties[name.as_str()],
                 format!("rejected by librdkafka when creating the consumer: {reason}"),
             ),
+            // The value names the variables that were set, never their values.
             None => ConfigError::new(
                 &format!("{KAFKA_CFG_PREFIX}*"),
-                "",
+                &self.kafka_properties.keys().map(|name| variable_of(name)).collect::<Vec<_>>().join(","),
                 format!("rejected by librdkafka when creating the consumer: {reason}"),
             ),
         })
@@ -641,6 +653,14 @@ mod tests {
         assert_eq!(producer.get("message.timeout.ms"), Some("30000"));
         assert_eq!(producer.get("security.protocol"), Some("plaintext"));
         assert!(config.summary().contains("dlq_topic=events.dlq"));
+    }
+
+    #[test]
+    fn rejected_combination_names_the_quoted_property() {
+        let error =
+            config(&[("KAFKA_CFG_SECURITY_PROTOCOL", "sasl_ssl"), ("KAFKA_CFG_SASL_MECHANISMS", "NOPE")]).unwrap_err();
+        assert_eq!(error.variable, "KAFKA_CFG_SASL_MECHANISMS");
+        assert_eq!(error.value, "NOPE");
     }
 
     #[test]

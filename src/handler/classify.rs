@@ -67,10 +67,15 @@ pub fn classify(failure: &CallFailure, pause_codes: &HashSet<Code>) -> HandlerEr
             format!("no answer within {} ms", limit.as_millis()),
         ),
         CallFailure::Status(status) if is_transport_failure(status) => {
-            let mut message = status.message().to_owned();
+            let mut parts = vec![status.message().to_owned()];
             if let Some(source) = status.source() {
-                message = format!("{message}: {}", error_chain(source));
+                parts.extend(error_chain(source));
             }
+            // Some transport errors display as an empty string, and a wrapper often repeats its
+            // cause's text; neither adds anything to the log line.
+            parts.retain(|part| !part.is_empty());
+            parts.dedup();
+            let message = parts.join(": ");
             HandlerError { disposition: Disposition::PauseEligible, code: Some(status.code()), message }
         }
         CallFailure::Status(status) => {
@@ -87,15 +92,15 @@ fn is_transport_failure(status: &Status) -> bool {
     status.source().is_some()
 }
 
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
+/// Returns the text of `error` and of each of its causes, outermost first.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut texts = vec![error.to_string()];
     let mut current = error.source();
     while let Some(cause) = current {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        texts.push(cause.to_string());
         current = cause.source();
     }
-    text
+    texts
 }
 
 /// Returns the canonical upper-case name of a code, as in the gRPC specification.
@@ -150,6 +155,28 @@ mod tests {
         let error = classify(&CallFailure::Timeout(Duration::from_millis(250)), &HashSet::new());
         assert!(error.is_pause_eligible());
         assert!(error.message.contains("250 ms"), "{}", error.message);
+    }
+
+    #[test]
+    fn transport_message_skips_empty_parts() {
+        /// An error that displays as an empty string and wraps a real cause.
+        #[derive(Debug)]
+        struct Blank(std::io::Error);
+        impl std::fmt::Display for Blank {
+            fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                Ok(())
+            }
+        }
+        impl std::error::Error for Blank {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let status = Status::from_error(Box::new(Blank(io)));
+        let error = classify(&CallFailure::Status(status), &HashSet::new());
+        assert_eq!(error.message, "No such file or directory");
     }
 
     #[test]
