@@ -638,6 +638,10 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
 
     /// Brings one partition's Kafka pause state in line with what it should be: paused while
     /// fetching is paused (gate closed or shutting down) or while its buffer is full.
+    ///
+    /// NOTE: librdkafka drops a paused partition's prefetched records and fetches them again
+    /// after the resume, which can wait for an open fetch to return (up to `fetch.wait.max.ms`).
+    /// A full buffer therefore costs throughput; BENCHMARKS.md measures it under gap 1.
     fn reconcile_pause(&mut self, partition: &TopicPartition) {
         let fetch_paused = !self.gate.is_open() || self.draining;
         let limit = self.settings.partition_buffer;
