@@ -35,7 +35,7 @@ pub use handler_transport::{
     ClientIdentity, DEFAULT_HANDLER_MAX_MESSAGE_BYTES, HANDLER_REQUEST_OVERHEAD_BYTES, HandlerAddress, HandlerTls,
     HandlerTransport, PemFile, parse_handler_endpoint,
 };
-pub use redact::{KafkaProperties, is_secret_name, looks_like_private_key, redacted};
+pub use redact::{KafkaProperties, is_secret_name, looks_like_private_key, redacted, scrub_secrets};
 
 mod file;
 mod schema;
@@ -279,10 +279,7 @@ impl Config {
             return Ok(());
         };
 
-        let mut reason = error.to_string();
-        for secret in self.kafka_properties.secret_values() {
-            reason = reason.replace(&secret, "[redacted]");
-        }
+        let reason = scrub_secrets(&error.to_string(), &self.kafka_properties.secret_values()).into_owned();
         // librdkafka names the property in such a message, as in
         // "Client creation error: ssl.key.location failed: ...".
         // Other messages quote only the value, as in "Unsupported SASL mechanism: NOPE"; a

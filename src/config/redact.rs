@@ -2,6 +2,7 @@
 //! property map whose `Debug` output hides them. Secrets never appear in `--check-config`
 //! output, configuration errors, logs or metrics.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Deref;
@@ -35,6 +36,19 @@ pub fn looks_like_private_key(value: &str) -> bool {
 /// Returns the value as it may be shown: `[redacted]` for a secret.
 pub fn redacted<'a>(name: &str, value: &'a str) -> &'a str {
     if is_secret_name(name) || looks_like_private_key(value) { "[redacted]" } else { value }
+}
+
+/// Replaces every value of `secrets` in `text` with `[redacted]`. librdkafka redacts the
+/// properties it marks sensitive in its own configuration dumps; this also covers any other
+/// message that might quote a secret, such as an error.
+pub fn scrub_secrets<'a>(text: &'a str, secrets: &[String]) -> Cow<'a, str> {
+    let mut text = Cow::Borrowed(text);
+    for secret in secrets {
+        if text.contains(secret.as_str()) {
+            text = Cow::Owned(text.replace(secret.as_str(), "[redacted]"));
+        }
+    }
+    text
 }
 
 /// The `KAFKA_CFG_*` properties by librdkafka name. Its `Debug` output redacts secret values;
@@ -130,6 +144,19 @@ mod tests {
         let pem = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----";
         assert_eq!(redacted("client.note", pem), "[redacted]");
         assert_eq!(redacted("client.note", "hello"), "hello");
+    }
+
+    #[test]
+    fn scrub_replaces_every_secret() {
+        let secrets = vec!["hunter2".to_owned(), "s3cr3t-token".to_owned()];
+        let text = "sasl.password=hunter2 retry with hunter2 and s3cr3t-token";
+        assert_eq!(scrub_secrets(text, &secrets), "sasl.password=[redacted] retry with [redacted] and [redacted]");
+    }
+
+    #[test]
+    fn scrub_leaves_clean_text_borrowed() {
+        let secrets = vec!["hunter2".to_owned()];
+        assert!(matches!(scrub_secrets("Connected to broker 1", &secrets), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -16,8 +16,8 @@
 //! dropped after the loop ends.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -27,19 +27,16 @@ use rdkafka::message::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use super::client_logs::ClientLogs;
 use super::context::{SidecarContext, describe, offsets_list, partitions_list};
 use super::{Event, KafkaControl, Offsets};
 use crate::config::Config;
 use crate::message::{Message, TopicPartition};
 use crate::telemetry::Stats;
-use crate::telemetry::repeat::RepeatLimiter;
 
 /// How long one `poll` call may wait for a record; it bounds how quickly the thread notices a
 /// stop request.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// The shortest time between two log lines about the same repeated client error.
-const REPEATED_ERROR_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How long the poll thread waits, at shutdown, for the commit thread to release the consumer
 /// before closing it. A commit stuck on an unreachable broker can hold it longer; the caller's
@@ -76,8 +73,7 @@ impl KafkaConsumer {
             closing: AtomicBool::new(false),
             revoke_timeout: config.revoke_timeout,
             stats,
-            repeated_errors: Mutex::new(RepeatLimiter::new(REPEATED_ERROR_INTERVAL)),
-            secrets: config.kafka_properties.secret_values(),
+            logs: ClientLogs::new(config.kafka_properties.secret_values()),
         };
         let consumer: BaseConsumer<SidecarContext> = config.consumer_config().create_with_context(context)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();

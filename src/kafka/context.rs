@@ -1,16 +1,14 @@
-//! The librdkafka consumer context: routes librdkafka's logs and errors into tracing, and turns
-//! rebalance callbacks into pipeline events.
+//! The librdkafka consumer context: passes librdkafka's logs and errors to [`ClientLogs`], feeds
+//! its statistics to the lag metric, and turns rebalance callbacks into pipeline events.
 //!
 //! Callbacks run on the poll thread, inside `poll`. The revocation callback is the only one
 //! that waits: for the pipeline's offsets (bounded by the revoke timeout) and for their
 //! synchronous commit, because offsets of revoked partitions must be committed while this
 //! consumer still owns them.
 
-use std::borrow::Cow;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use std::time::Instant;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -19,29 +17,16 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
-use tracing::{debug, error, info, warn};
+use tracing::{error, warn};
 
 use super::Event;
+use super::client_logs::ClientLogs;
 use crate::message::TopicPartition;
 use crate::telemetry::Stats;
-use crate::telemetry::repeat::RepeatLimiter;
 
 /// Extra time the revocation callback waits beyond the pipeline's own revoke timeout before it
 /// gives up on the pipeline's reply.
 const REVOKE_REPLY_SLACK: Duration = Duration::from_secs(5);
-
-/// Emits one librdkafka log line as a tracing event with the `librdkafka` target, at the
-/// matching level.
-pub(crate) fn forward_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
-    match level {
-        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-            error!(target: "librdkafka", facility, "{message}")
-        }
-        RDKafkaLogLevel::Warning => warn!(target: "librdkafka", facility, "{message}"),
-        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => info!(target: "librdkafka", facility, "{message}"),
-        RDKafkaLogLevel::Debug => debug!(target: "librdkafka", facility, "{message}"),
-    }
-}
 
 pub(crate) struct SidecarContext {
     pub(crate) events: UnboundedSender<Event>,
@@ -52,35 +37,12 @@ pub(crate) struct SidecarContext {
     pub(crate) closing: AtomicBool,
     pub(crate) revoke_timeout: Duration,
     pub(crate) stats: Arc<Stats>,
-    /// Client errors repeat many times a second while a broker is unreachable.
-    pub(crate) repeated_errors: Mutex<RepeatLimiter>,
-    /// Secret configuration values, scrubbed from every librdkafka message before it is logged.
-    pub(crate) secrets: Vec<String>,
-}
-
-impl SidecarContext {
-    fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        scrub(text, &self.secrets)
-    }
-}
-
-/// Replaces every secret configuration value in `text` with `[redacted]`. librdkafka redacts
-/// the properties it marks sensitive in its own configuration dumps; this also covers any other
-/// message that might quote a secret.
-pub(crate) fn scrub<'a>(text: &'a str, secrets: &[String]) -> Cow<'a, str> {
-    let mut text = Cow::Borrowed(text);
-    for secret in secrets {
-        if text.contains(secret.as_str()) {
-            text = Cow::Owned(text.replace(secret.as_str(), "[redacted]"));
-        }
-    }
-    text
+    pub(crate) logs: ClientLogs,
 }
 
 impl ClientContext for SidecarContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        let message = self.scrub(message);
-        forward_log(level, facility, &message);
+        self.logs.log(level, facility, message);
         // librdkafka logs offset resets caused by errors at warning level under this facility
         // (librdkafka 2.12, rdkafka_offset.c).
         if matches!(level, RDKafkaLogLevel::Warning) && facility == "OFFSET" && message.contains("offset reset") {
@@ -102,13 +64,7 @@ impl ClientContext for SidecarContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        // librdkafka reports transient broker problems here too and recovers from them itself.
-        let reason = self.scrub(reason);
-        let admitted = self.repeated_errors.lock().map(|mut limiter| limiter.admit(&reason, Instant::now()));
-        if let Ok(Some(left_out)) = admitted {
-            let error = self.scrub(&error.to_string()).into_owned();
-            warn!(target: "librdkafka", %error, reason = &*reason, repeats_left_out = left_out, "client error");
-        }
+        self.logs.error("consumer", error, reason);
     }
 }
 
@@ -189,22 +145,4 @@ pub(crate) fn describe(partitions: &[TopicPartition]) -> String {
 
 pub(crate) fn describe_offsets(offsets: &[(TopicPartition, i64)]) -> String {
     offsets.iter().map(|(partition, offset)| format!("{partition}@{offset}")).collect::<Vec<_>>().join(",")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scrub_replaces_every_secret() {
-        let secrets = vec!["hunter2".to_owned(), "s3cr3t-token".to_owned()];
-        let text = "sasl.password=hunter2 retry with hunter2 and s3cr3t-token";
-        assert_eq!(scrub(text, &secrets), "sasl.password=[redacted] retry with [redacted] and [redacted]");
-    }
-
-    #[test]
-    fn scrub_leaves_clean_text_borrowed() {
-        let secrets = vec!["hunter2".to_owned()];
-        assert!(matches!(scrub("Connected to broker 1", &secrets), Cow::Borrowed(_)));
-    }
 }

@@ -7,8 +7,7 @@
 //! A failure or a timeout is returned as an error. The pipeline then retries the send like a
 //! pause-eligible failure, and the source offset stays uncommitted until it succeeds.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::config::{FromClientConfigAndContext, RDKafkaLogLevel};
@@ -16,13 +15,11 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use tracing::warn;
 
-use super::context::{forward_log, scrub};
+use super::client_logs::ClientLogs;
 use crate::config::Config;
 use crate::handler::HandlerError;
 use crate::message::{Message, TimestampType};
-use crate::telemetry::repeat::RepeatLimiter;
 
 /// Header: the topic the message was consumed from.
 pub const HEADER_SOURCE_TOPIC: &str = "scc.source.topic";
@@ -69,10 +66,7 @@ impl DeadLetterProducer {
         let Some(topic) = &config.dead_letter_topic else {
             return Ok(None);
         };
-        let context = DeadLetterContext {
-            repeated_errors: Mutex::new(RepeatLimiter::new(Duration::from_secs(10))),
-            secrets: config.kafka_properties.secret_values(),
-        };
+        let context = DeadLetterContext { logs: ClientLogs::new(config.kafka_properties.secret_values()) };
         let producer = FutureProducer::from_config_and_context(&config.dead_letter_producer_config(), context)?;
         Ok(Some(DeadLetterProducer {
             producer,
@@ -137,34 +131,25 @@ fn dead_letter_headers(message: &Message, rejection: &HandlerError, group_id: &s
     headers
 }
 
-/// Routes the producer's librdkafka logs into tracing with secret values removed, and
-/// rate-limits its client errors, which repeat many times a second while a broker is
-/// unreachable.
+/// Routes the producer's librdkafka output into tracing, like the consumer's.
 struct DeadLetterContext {
-    repeated_errors: Mutex<RepeatLimiter>,
-    /// Secret configuration values, scrubbed from every librdkafka message before it is logged.
-    secrets: Vec<String>,
+    logs: ClientLogs,
 }
 
 impl ClientContext for DeadLetterContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        // `KAFKA_CFG_*` contains consumer settings too; the producer ignores them, as it should,
+        // `KAFKA_CFG_*` contains consumer settings too. The producer ignores them, as it should,
         // so librdkafka's warning about each one is noise here.
-        let message = scrub(message, &self.secrets);
-        if facility == "CONFWARN" && message.contains("is a consumer property") {
-            forward_log(RDKafkaLogLevel::Debug, facility, &message);
-            return;
-        }
-        forward_log(level, facility, &message);
+        let level = if facility == "CONFWARN" && message.contains("is a consumer property") {
+            RDKafkaLogLevel::Debug
+        } else {
+            level
+        };
+        self.logs.log(level, facility, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        let reason = scrub(reason, &self.secrets);
-        let admitted = self.repeated_errors.lock().map(|mut limiter| limiter.admit(&reason, Instant::now()));
-        if let Ok(Some(left_out)) = admitted {
-            let error = scrub(&error.to_string(), &self.secrets).into_owned();
-            warn!(target: "librdkafka", %error, reason = &*reason, repeats_left_out = left_out, "dead-letter producer error");
-        }
+        self.logs.error("dead-letter producer", error, reason);
     }
 }
 

@@ -4,6 +4,7 @@
 //! The poll thread turns everything librdkafka reports into [`Event`]s for the pipeline; the
 //! pipeline acts on Kafka through [`KafkaControl`], whose calls never block.
 
+mod client_logs;
 mod consumer;
 mod context;
 pub mod dead_letter;
