@@ -11,7 +11,7 @@
 //! Environment: `HANDLER_ADDR` (default `127.0.0.1:50051`): `ip:port`, or
 //! `unix:///absolute/path` for a Unix domain socket, which kafka-scc reaches with the same
 //! `HANDLER_ENDPOINT`. `SERVER_TLS_CERT` and `SERVER_TLS_KEY`: PEM files of the server's
-//! certificate and key, to serve TLS on a TCP address (kafka-scc then uses `https://`); with
+//! certificate and key, to serve TLS on a TCP address (kafka-scc then uses `https://`). With
 //! `SERVER_TLS_CLIENT_CA` as well, client certificates signed by that CA are required (mutual
 //! TLS). `SINK_URL` (default `http://127.0.0.1:8090/events`), `SINK_TIMEOUT_MS` (default 5000:
 //! the bound on one POST, keep it below kafka-scc's `SCC_HANDLER_TIMEOUT_MS`), `RUST_LOG`

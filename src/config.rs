@@ -335,9 +335,9 @@ impl Config {
     /// settings, and librdkafka ignores the consumer-only properties. With `acks=all`, a
     /// delivery report means that every in-sync replica stored the record.
     ///
-    /// The idempotent producer is left off on purpose: some of its errors are fatal and would
-    /// leave the producer unable to send until restarted, which would stall the pipeline; a
-    /// rare duplicate on the dead-letter topic fits the at-least-once guarantee.
+    /// The idempotent producer is left off on purpose, because some of its errors are fatal:
+    /// the producer could not send again until restarted, and the pipeline would stall. A rare
+    /// duplicate on the dead-letter topic fits the at-least-once guarantee.
     pub fn dead_letter_producer_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers).set("acks", "all").set("linger.ms", "5");

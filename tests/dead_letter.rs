@@ -29,7 +29,7 @@ fn source_records(topic: &str) -> Vec<TestRecord> {
         .collect()
 }
 
-/// A broker with a one-partition source topic that holds the records of [`source_records`],
+/// A broker with a one-partition source topic that contains the records of [`source_records`],
 /// and an empty dead-letter topic.
 struct Scenario {
     broker: Broker,

@@ -3,7 +3,7 @@
 //! the consumer is created.
 //!
 //! NOTE: librdkafka's mock cluster has no TLS or SASL listener, so these tests stop at
-//! configuration and client creation; no TLS or SASL handshake with a broker is exercised.
+//! configuration and client creation. No TLS or SASL handshake with a broker is exercised.
 
 mod support;
 
@@ -65,7 +65,7 @@ fn ssl_client_certificate_is_loaded() {
     assert!(consumer.is_ok(), "consumer not created: {:?}", consumer.err());
 }
 
-/// Setting `ssl.key.location` checks nothing but the value's type; the configuration check
+/// Setting `ssl.key.location` checks nothing but the value's type. The configuration check
 /// creates the client, which loads the file, so a file without a key is a configuration error.
 #[test]
 fn ssl_invalid_key_file_is_config_error() {

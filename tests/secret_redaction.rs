@@ -18,8 +18,9 @@ const KEYSTORE_PASSWORD: &str = "keystore-pw-Ub6sJy9f";
 const OAUTHBEARER_CONFIG: &str = "principal=alice extension_token=oauth-token-Pj7cXe4d";
 const APP_SECRET: &str = "app-secret-Wd3kQa8n";
 
-/// The secret settings every run below gets. With the default PLAINTEXT protocol librdkafka
-/// accepts the Kafka ones and does not use them, so the binary runs against the mock broker.
+/// Returns the secret settings every run below gets. With the default PLAINTEXT protocol
+/// librdkafka accepts the Kafka ones and does not use them, so the binary runs against the mock
+/// broker.
 /// `sasl.oauthbearer.client.secret` is not among them: librdkafka rejects it in a build
 /// without libcurl, which OIDC needs.
 fn secret_vars() -> Vec<(&'static str, &'static str)> {

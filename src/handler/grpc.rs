@@ -246,9 +246,9 @@ impl Handler for GrpcHandler {
 
         // NOTE: a handler server whose own receive limit is below SCC_HANDLER_MAX_MESSAGE_BYTES
         // (4 MiB by default in most gRPC servers) rejects a request between the two limits with
-        // RESOURCE_EXHAUSTED, which is pause-eligible by default, so such a message is retried
-        // until the handler's limit is raised. The README asks for a handler receive limit of at
-        // least SCC_HANDLER_MAX_MESSAGE_BYTES.
+        // RESOURCE_EXHAUSTED. That code is pause-eligible by default, so such a message is
+        // retried until the handler's limit is raised. The README asks for a handler receive
+        // limit of at least SCC_HANDLER_MAX_MESSAGE_BYTES.
         let started = tokio::time::Instant::now();
         let failure = match tokio::time::timeout(self.timeout, client.handle(request)).await {
             Ok(Ok(_)) => return Ok(()),

@@ -1,6 +1,6 @@
-//! The log side shared by both librdkafka clients, the consumer and the dead-letter producer:
+//! The logging shared by both librdkafka clients, the consumer and the dead-letter producer.
 //! librdkafka's log lines and client errors go to tracing under the `librdkafka` target, with
-//! every secret configuration value removed, and a client error that repeats is written at most
+//! every secret configuration value removed. A client error that repeats is written at most
 //! once per interval.
 
 use std::borrow::Cow;

@@ -135,7 +135,7 @@ pub struct ReadRecord {
 }
 
 impl ReadRecord {
-    /// The value of the last header named `key`, as UTF-8.
+    /// Returns the value of the last header named `key`, as UTF-8.
     pub fn header(&self, key: &str) -> Option<String> {
         self.headers
             .iter()
