@@ -128,8 +128,8 @@ pub struct Config {
     /// `SCC_REVOKE_TIMEOUT_MS`: how long a revocation waits for the revoked partitions'
     /// in-flight calls before it commits what is finished.
     pub revoke_timeout: Duration,
-    /// `SCC_PARTITION_BUFFER`: fetched messages held per partition ahead of dispatch; a
-    /// partition whose buffer is full is paused until it drains to half.
+    /// `SCC_PARTITION_BUFFER`: fetched messages held per partition ahead of dispatch. The poll
+    /// thread takes no more records of a partition whose buffer is full until it drains to half.
     pub partition_buffer: usize,
     /// `SCC_HTTP_ADDR`: where `/metrics`, `/healthz` and `/readyz` are served; `None` when set
     /// to `off`.
@@ -323,11 +323,26 @@ impl Config {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             // Feeds the consumer-lag metric.
-            .set("statistics.interval.ms", "5000");
+            .set("statistics.interval.ms", "5000")
+            // Every partition has its own queue (see `kafka::flow`), so these bounds apply per
+            // partition. librdkafka's defaults (64 MiB and a 1 s back-off) would
+            // let a few partitions hold gigabytes; see `prefetch_kbytes`.
+            .set("queued.max.messages.kbytes", self.prefetch_kbytes().to_string())
+            // How long a partition whose queue is full waits before librdkafka checks again;
+            // the queue drains in tens of milliseconds at full speed.
+            .set("fetch.queue.backoff.ms", "10");
         for (name, value) in &self.kafka_properties {
             config.set(name, value);
         }
         config
+    }
+
+    /// librdkafka's prefetch bound per partition, in KiB: 16 KiB per handler call the
+    /// in-flight limit allows, between 1 MiB and 64 MiB. The pipeline's own buffer
+    /// (`SCC_PARTITION_BUFFER` records) keeps the handler busy; this queue only has to cover
+    /// the next fetch, whose need grows with the rate the handler is called at.
+    pub fn prefetch_kbytes(&self) -> usize {
+        (self.max_in_flight * 16).clamp(1024, 65_536)
     }
 
     /// Builds the librdkafka configuration of the dead-letter producer: the brokers, every
@@ -629,6 +644,19 @@ mod tests {
         let consumer = config.consumer_config();
         assert_eq!(consumer.get("auto.offset.reset"), Some("latest"));
         assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+    }
+
+    #[test]
+    fn prefetch_bound_follows_in_flight_limit_unless_set() {
+        let kbytes = |vars: &[(&str, &str)]| {
+            config(vars).unwrap().consumer_config().get("queued.max.messages.kbytes").map(str::to_owned)
+        };
+        assert_eq!(kbytes(&[]).as_deref(), Some("1600"));
+        assert_eq!(kbytes(&[("SCC_MAX_IN_FLIGHT", "1")]).as_deref(), Some("1024"));
+        assert_eq!(kbytes(&[("SCC_MAX_IN_FLIGHT", "10000")]).as_deref(), Some("65536"));
+        assert_eq!(kbytes(&[("KAFKA_CFG_QUEUED_MAX_MESSAGES_KBYTES", "4096")]).as_deref(), Some("4096"));
+        let backoff = config(&[]).unwrap().consumer_config().get("fetch.queue.backoff.ms").map(str::to_owned);
+        assert_eq!(backoff.as_deref(), Some("10"));
     }
 
     #[test]

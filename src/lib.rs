@@ -12,7 +12,8 @@
 //! - [`backoff`]: exponential backoff with full jitter for retry probes.
 //! - [`commit`]: the per-partition tracker that decides the committable offset.
 //! - [`dispatch`]: the lane scheduler behind the processing orders.
-//! - [`kafka`]: the librdkafka consumer, its poll thread and rebalance handshake.
+//! - [`kafka`]: the librdkafka consumer, its poll thread, the per-partition buffer bound and the
+//!   rebalance handshake.
 //! - [`pipeline`]: the single task that owns all per-partition state and ties the above
 //!   together.
 //! - [`telemetry`]: logging set-up and the counters behind the run summary.

@@ -31,17 +31,29 @@ fn all_partitions(topic: &str) -> BTreeSet<TopicPartition> {
     (0..PARTITIONS).map(|partition| TopicPartition::new(topic, partition)).collect()
 }
 
+/// How a join-and-leave run differs from the defaults.
+#[derive(Default)]
+struct Variant<'a> {
+    /// Records produced over all partitions before the first sidecar starts.
+    backlog: usize,
+    vars: &'a [(&'a str, &'a str)],
+}
+
 /// Runs `cycles` rounds of a second sidecar joining and leaving a group whose first sidecar
 /// stays, while a producer keeps messages flowing, and checks that nothing was lost.
-async fn join_and_leave(strategy: &str, cycles: usize) {
+async fn join_and_leave(strategy: &str, cycles: usize, variant: Variant<'_>) {
     init_logs();
     let started = Instant::now();
     let broker = Broker::start();
     let topic = unique("rebalance");
     let group = unique("group");
     broker.create_topic(&topic, PARTITIONS);
+    let backlog = (0..variant.backlog)
+        .map(|n| TestRecord::new(&topic, n as i32 % PARTITIONS, None, format!("backlog-{n}").as_bytes()));
+    broker.produce(backlog.collect()).await;
     let recorder = OffsetRecorder::succeeding(HANDLER_WORK);
-    let vars = with_fast_group(&[("KAFKA_CFG_PARTITION_ASSIGNMENT_STRATEGY", strategy)]);
+    let mut vars = with_fast_group(&[("KAFKA_CFG_PARTITION_ASSIGNMENT_STRATEGY", strategy)]);
+    vars.extend_from_slice(variant.vars);
     // The in-process handler never connects to this endpoint.
     let config = config(&broker, &topic, &group, "http://127.0.0.1:1", &vars);
 
@@ -83,7 +95,11 @@ async fn join_and_leave(strategy: &str, cycles: usize) {
 
     let delivered = producer.stop().await;
     let end = end_offsets(&broker, &topic, PARTITIONS).await;
-    assert_eq!(end.iter().sum::<i64>(), delivered.len() as i64, "end offsets disagree with the records delivered");
+    assert_eq!(
+        end.iter().sum::<i64>(),
+        (variant.backlog + delivered.len()) as i64,
+        "end offsets disagree with the records delivered"
+    );
     let all_handled = recorder.wait_for_all(WAIT, &end).await;
     assert!(all_handled.is_ok(), "offsets never handled: {all_handled:?}");
     let committed = broker.wait_for_committed(&group, &topic, &end).await;
@@ -109,14 +125,23 @@ async fn join_and_leave(strategy: &str, cycles: usize) {
 /// Range assignment is eager: every rebalance revokes all partitions of both members.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eager_join_leave_loses_nothing() {
-    join_and_leave("range", 10).await;
+    join_and_leave("range", 10, Variant::default()).await;
+}
+
+/// With a buffer of two records per partition and a backlog, the poll thread holds most
+/// records back in librdkafka's queues while partitions move between the members; none may be
+/// lost or skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_buffers_lose_nothing_across_rebalances() {
+    let vars = [("SCC_PARTITION_BUFFER", "2"), ("SCC_MAX_IN_FLIGHT", "4")];
+    join_and_leave("range", 3, Variant { backlog: 4_000, vars: &vars }).await;
 }
 
 /// Cooperative rebalancing moves only the partitions that change owner. A join takes two
 /// rebalances, so one cycle took about 9 s on the mock cluster, and three cycles are run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cooperative_join_leave_loses_nothing() {
-    join_and_leave("cooperative-sticky", 3).await;
+    join_and_leave("cooperative-sticky", 3, Variant::default()).await;
 }
 
 /// A message waiting for a retry when its partition is revoked is dropped by the old owner,

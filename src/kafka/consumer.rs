@@ -1,10 +1,13 @@
 //! The consumer and its poll thread.
 //!
-//! One dedicated OS thread owns the polling: it calls librdkafka's `poll` in a loop, forwards
-//! every record and callback to the pipeline as an [`Event`], and never waits on the pipeline
-//! except during a revocation. Keeping it off the async runtime means a busy runtime cannot
-//! delay polling past `max.poll.interval.ms`, and the blocking rebalance handshake cannot stall
-//! a runtime worker.
+//! One dedicated OS thread owns the polling: it serves the consumer's main queue (rebalances,
+//! errors) and reads every assigned partition from its own queue while the partition has room
+//! in the pipeline's buffer (see [`super::flow`]). It forwards records and callbacks to the
+//! pipeline as [`Event`]s and never waits on the pipeline except during a revocation. Keeping
+//! it off the async runtime means a busy runtime cannot delay polling past
+//! `max.poll.interval.ms`, and the blocking rebalance handshake cannot stall a runtime worker.
+//! It polls the main queue on every turn, full partitions or not, so the consumer stays in its
+//! group whatever the pipeline does.
 //!
 //! A second thread makes the pipeline's commits, one at a time and synchronously, and reports
 //! each result as [`Event::Committed`]. rust-rdkafka 0.39 never invokes the commit callback
@@ -16,11 +19,12 @@
 //! dropped after the loop ends.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
@@ -28,15 +32,23 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::client_logs::ClientLogs;
-use super::context::{SidecarContext, describe, offsets_list, partitions_list};
-use super::{Event, KafkaControl, Offsets};
+use super::context::{QueueChange, SidecarContext, describe, offsets_list, partitions_list};
+use super::flow::{PartitionRoom, PollWakeup};
+use super::{Event, Fetched, KafkaControl, Offsets};
 use crate::config::Config;
 use crate::message::{Message, TopicPartition};
 use crate::telemetry::Stats;
 
-/// How long one `poll` call may wait for a record; it bounds how quickly the thread notices a
-/// stop request.
-const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long the poll thread parks when no queue has anything for it; it bounds how quickly the
+/// thread notices a stop request. Records and events wake it earlier.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// Events served from the main queue per turn, at most.
+const EVENTS_PER_TURN: usize = 1024;
+
+/// Records taken from one partition queue per turn, so that a busy partition does not delay
+/// the others' records or the main queue's events.
+const RECORDS_PER_TURN: usize = 256;
 
 /// How long the poll thread waits, at shutdown, for the commit thread to release the consumer
 /// before closing it. A commit stuck on an unreachable broker can hold it longer; the caller's
@@ -74,20 +86,30 @@ impl KafkaConsumer {
             revoke_timeout: config.revoke_timeout,
             stats,
             logs: ClientLogs::new(config.kafka_properties.secret_values()),
+            consumer: OnceLock::new(),
+            queue_changes: Mutex::new(Vec::new()),
+            event_served: AtomicBool::new(false),
         };
-        let consumer: BaseConsumer<SidecarContext> = config.consumer_config().create_with_context(context)?;
+        let mut consumer: BaseConsumer<SidecarContext> = config.consumer_config().create_with_context(context)?;
+        let wakeup = Arc::new(PollWakeup::default());
+        {
+            let wakeup = wakeup.clone();
+            consumer.set_nonempty_callback(move || wakeup.wake());
+        }
+        let consumer = Arc::new(consumer);
+        let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        let consumer = Arc::new(consumer);
 
         let stop = Arc::new(AtomicBool::new(false));
         let (closed_tx, closed_rx) = oneshot::channel();
+        let buffer_limit = config.partition_buffer;
         let thread = {
             let consumer = consumer.clone();
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name("kafka-poll".into())
-                .spawn(move || poll_loop(consumer, events_tx, stop, closed_tx))
+                .spawn(move || poll_loop(consumer, events_tx, wakeup, buffer_limit, stop, closed_tx))
                 .map_err(|error| KafkaError::Subscription(format!("starting the poll thread failed: {error}")))?
         };
 
@@ -120,36 +142,167 @@ impl KafkaConsumer {
     }
 }
 
-fn poll_loop(
+/// The poll thread's state: the consumer, the partition queues it reads and their rooms.
+struct PollLoop {
     consumer: Arc<BaseConsumer<SidecarContext>>,
     events: mpsc::UnboundedSender<Event>,
-    stop: Arc<AtomicBool>,
-    closed: oneshot::Sender<()>,
-) {
-    let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
-    while !stop.load(Ordering::Acquire) {
-        let event = match consumer.poll(POLL_TIMEOUT) {
-            None => continue,
-            Some(Ok(record)) => {
-                let topic = match topic_names.get(record.topic()) {
-                    Some(topic) => topic.clone(),
-                    None => {
-                        let topic: Arc<str> = Arc::from(record.topic());
-                        topic_names.insert(record.topic().to_owned(), topic.clone());
-                        topic
-                    }
-                };
-                Event::Fetched(Message::from_kafka(&record, topic))
+    wakeup: Arc<PollWakeup>,
+    /// `SCC_PARTITION_BUFFER`.
+    buffer_limit: usize,
+    /// The assigned partitions' queues, read in turn.
+    partitions: Vec<PartitionReader>,
+    /// The index of the partition read first in the next turn, so that no partition is always
+    /// read first.
+    next: usize,
+    topic_names: HashMap<String, Arc<str>>,
+}
+
+struct PartitionReader {
+    partition: TopicPartition,
+    queue: PartitionQueue<SidecarContext>,
+    room: Arc<PartitionRoom>,
+}
+
+impl PollLoop {
+    /// Polls until `stop` is set or the pipeline is gone. Each turn serves the main queue
+    /// (rebalances, errors), then takes records from every partition queue that has room, and
+    /// parks only when neither gave anything.
+    fn run(&mut self, stop: &AtomicBool) {
+        self.wakeup.register();
+        while !stop.load(Ordering::Acquire) {
+            let Some(served_main) = self.serve_main_queue() else { return };
+            self.apply_queue_changes();
+            let Some(took) = self.serve_partition_queues() else { return };
+            if !served_main && !took {
+                // A record, an event or freed room unparks the thread; the timeout bounds how
+                // quickly it notices a stop request.
+                std::thread::park_timeout(IDLE_WAIT);
             }
-            Some(Err(error)) => Event::ConsumerError(error),
-        };
-        if events.send(event).is_err() {
-            break;
         }
     }
 
+    /// Serves the main queue until it is empty, or for at most [`EVENTS_PER_TURN`] events so
+    /// that a flood of log lines cannot hold up the partitions' records. Returns whether it contained anything, or
+    /// `None` when the pipeline is gone.
+    fn serve_main_queue(&mut self) -> Option<bool> {
+        let mut served = false;
+        for _ in 0..EVENTS_PER_TURN {
+            self.consumer.context().event_served.store(false, Ordering::Release);
+            let event = match self.consumer.poll(Duration::ZERO) {
+                None if self.consumer.context().event_served.load(Ordering::Acquire) => {
+                    served = true;
+                    continue;
+                }
+                None => return Some(served),
+                // Only a partition whose queue could not be split delivers records here.
+                Some(Ok(record)) => {
+                    let topic = topic_name(&mut self.topic_names, record.topic());
+                    Event::Fetched(vec![Fetched { message: Message::from_kafka(&record, topic), slot: None }])
+                }
+                Some(Err(error)) => Event::ConsumerError(error),
+            };
+            served = true;
+            self.events.send(event).ok()?;
+        }
+        // More events may be waiting; the caller does not park after a turn that served any.
+        Some(served)
+    }
+
+    /// Takes the partition queues that rebalance callbacks split or revoked.
+    fn apply_queue_changes(&mut self) {
+        let changes = std::mem::take(
+            &mut *self.consumer.context().queue_changes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for change in changes {
+            match change {
+                QueueChange::Split { partition, mut queue } => {
+                    let wakeup = self.wakeup.clone();
+                    queue.set_nonempty_callback(move || wakeup.wake());
+                    self.partitions.retain(|reader| reader.partition != partition);
+                    let room = PartitionRoom::new(self.buffer_limit, self.wakeup.clone());
+                    self.partitions.push(PartitionReader { partition, queue, room });
+                }
+                QueueChange::Revoked(partition) => self.partitions.retain(|reader| reader.partition != partition),
+            }
+        }
+    }
+
+    /// Takes up to [`RECORDS_PER_TURN`] records from each partition queue with room, and sends
+    /// each partition's records as one event. Returns whether any queue gave anything, or
+    /// `None` when the pipeline is gone.
+    fn serve_partition_queues(&mut self) -> Option<bool> {
+        let count = self.partitions.len();
+        let mut took = false;
+        for index in 0..count {
+            let reader = &self.partitions[(self.next + index) % count];
+            let mut batch = Vec::new();
+            let mut errors = Vec::new();
+            let mut budget = reader.room.available().min(RECORDS_PER_TURN);
+            while budget > 0 {
+                match reader.queue.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Ok(record)) => {
+                        let topic = reader.partition.topic.clone();
+                        batch.push(Fetched {
+                            message: Message::from_kafka(&record, topic),
+                            slot: Some(reader.room.take()),
+                        });
+                        budget -= 1;
+                    }
+                    // Fetch errors of the partition, such as an offset out of range, arrive on
+                    // its own queue.
+                    Some(Err(error)) => errors.push(Event::ConsumerError(error)),
+                }
+            }
+            took |= !batch.is_empty() || !errors.is_empty();
+            for error in errors {
+                self.events.send(error).ok()?;
+            }
+            if !batch.is_empty() {
+                self.events.send(Event::Fetched(batch)).ok()?;
+            }
+        }
+        self.next = if count == 0 { 0 } else { (self.next + 1) % count };
+        Some(took)
+    }
+}
+
+fn topic_name(names: &mut HashMap<String, Arc<str>>, topic: &str) -> Arc<str> {
+    match names.get(topic) {
+        Some(name) => name.clone(),
+        None => {
+            let name: Arc<str> = Arc::from(topic);
+            names.insert(topic.to_owned(), name.clone());
+            name
+        }
+    }
+}
+
+fn poll_loop(
+    consumer: Arc<BaseConsumer<SidecarContext>>,
+    events: mpsc::UnboundedSender<Event>,
+    wakeup: Arc<PollWakeup>,
+    buffer_limit: usize,
+    stop: Arc<AtomicBool>,
+    closed: oneshot::Sender<()>,
+) {
+    let mut polling = PollLoop {
+        consumer,
+        events,
+        wakeup,
+        buffer_limit,
+        partitions: Vec::new(),
+        next: 0,
+        topic_names: HashMap::new(),
+    };
+    polling.run(&stop);
+    let PollLoop { consumer, partitions, .. } = polling;
+
     info!("closing the Kafka consumer");
     consumer.context().closing.store(true, Ordering::Release);
+    // Partition queues hold references to the consumer; drop them so that it can close.
+    drop(partitions);
+    consumer.context().queue_changes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
     // The commit thread drops its reference once the pipeline's handle is gone; wait for it so
     // that the close happens here, where the caller's timeout observes it.
     let waiting_since = std::time::Instant::now();

@@ -5,13 +5,19 @@
 //! that waits: for the pipeline's offsets (bounded by the revoke timeout) and for their
 //! synchronous commit, because offsets of revoked partitions must be committed while this
 //! consumer still owns them.
+//!
+//! The assignment callback gives every new partition its own queue before librdkafka starts
+//! fetching it (see [`super::flow`]). No record of the partition then reaches the consumer's
+//! main queue, because records split between two queues could reach the pipeline out of
+//! offset order.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
@@ -38,10 +44,57 @@ pub(crate) struct SidecarContext {
     pub(crate) revoke_timeout: Duration,
     pub(crate) stats: Arc<Stats>,
     pub(crate) logs: ClientLogs,
+    /// The consumer this context belongs to, set once it is built; weak, because the consumer
+    /// owns the context.
+    pub(crate) consumer: OnceLock<Weak<BaseConsumer<SidecarContext>>>,
+    /// Queue changes made by rebalance callbacks, taken by the poll loop after each poll.
+    pub(crate) queue_changes: Mutex<Vec<QueueChange>>,
+    /// Set by the log, statistics and rebalance callbacks: a poll that served such an event
+    /// returns nothing, and the poll loop then polls again instead of concluding that the queue
+    /// is empty. librdkafka signals a queue only when it turns non-empty, so events left in the
+    /// queue would wait for the poll loop's idle timeout, one event per timeout.
+    pub(crate) event_served: AtomicBool,
+}
+
+/// A change to the set of partition queues the poll loop reads.
+pub(crate) enum QueueChange {
+    /// A partition was assigned; its records arrive on `queue`.
+    Split { partition: TopicPartition, queue: PartitionQueue<SidecarContext> },
+    /// A partition was revoked; its queue is no longer read.
+    Revoked(TopicPartition),
+}
+
+impl SidecarContext {
+    /// Gives each partition of an assignment its own queue, before the assignment starts
+    /// fetching. A partition whose queue cannot be split keeps delivering to the main queue,
+    /// without the buffer bound.
+    fn split_queues(&self, list: &TopicPartitionList) {
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            // The consumer is being dropped; nothing will be read any more.
+            return;
+        };
+        let mut changes = self.queue_changes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for element in list.elements() {
+            let partition = TopicPartition::new(element.topic(), element.partition());
+            match consumer.split_partition_queue(element.topic(), element.partition()) {
+                Some(queue) => changes.push(QueueChange::Split { partition, queue }),
+                None => {
+                    warn!(%partition, "the partition's queue could not be split; its records bypass the buffer bound")
+                }
+            }
+        }
+    }
+
+    fn note_revoked(&self, list: &TopicPartitionList) {
+        let mut changes = self.queue_changes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        changes.extend(partitions_of(list).into_iter().map(QueueChange::Revoked));
+    }
 }
 
 impl ClientContext for SidecarContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        // rust-rdkafka routes librdkafka's logs through the main queue, so a poll may serve one.
+        self.event_served.store(true, Ordering::Release);
         self.logs.log(level, facility, message);
         // librdkafka logs offset resets caused by errors at warning level under this facility
         // (librdkafka 2.12, rdkafka_offset.c).
@@ -51,6 +104,7 @@ impl ClientContext for SidecarContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        self.event_served.store(true, Ordering::Release);
         for (topic, topic_statistics) in &statistics.topics {
             for (partition, partition_statistics) in &topic_statistics.partitions {
                 // Partition -1 is librdkafka's internal unassigned queue; undesired partitions
@@ -70,9 +124,13 @@ impl ClientContext for SidecarContext {
 
 impl ConsumerContext for SidecarContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(list) = rebalance else {
-            return;
+        self.event_served.store(true, Ordering::Release);
+        let list = match rebalance {
+            Rebalance::Assign(list) => return self.split_queues(list),
+            Rebalance::Revoke(list) => list,
+            Rebalance::Error(_) => return,
         };
+        self.note_revoked(list);
         let partitions = partitions_of(list);
         if partitions.is_empty() || self.closing.load(Ordering::Acquire) {
             return;

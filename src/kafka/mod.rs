@@ -8,6 +8,7 @@ mod client_logs;
 mod consumer;
 mod context;
 pub mod dead_letter;
+mod flow;
 
 use std::sync::mpsc::SyncSender;
 
@@ -17,6 +18,7 @@ use crate::message::{Message, TopicPartition};
 
 pub use consumer::{ConsumerHandle, KafkaConsumer};
 pub use dead_letter::DeadLetterProducer;
+pub use flow::BufferSlot;
 
 /// Offsets to commit: the next offset to read, per partition.
 pub type Offsets = Vec<(TopicPartition, i64)>;
@@ -24,8 +26,8 @@ pub type Offsets = Vec<(TopicPartition, i64)>;
 /// A report from the poll thread to the pipeline, sent in the order things happened.
 #[derive(Debug)]
 pub enum Event {
-    /// A record was fetched.
-    Fetched(Message),
+    /// Records were fetched, in offset order within each partition.
+    Fetched(Vec<Fetched>),
     /// Partitions were added to the assignment. `paused` is true when the poll thread already
     /// paused them because fetching was paused when they arrived.
     Assigned { partitions: Vec<TopicPartition>, paused: bool },
@@ -42,6 +44,15 @@ pub enum Event {
     /// librdkafka reset a partition's position because it was out of range or expired; its
     /// own warning names the partition and both offsets.
     OffsetReset,
+}
+
+/// A fetched record and the room it takes in its partition's buffer.
+#[derive(Debug)]
+pub struct Fetched {
+    pub message: Message,
+    /// Dropped when the record leaves the pipeline's buffer, which lets the poll thread take
+    /// the next record of the partition. `None` for records that bypass the bound.
+    pub slot: Option<BufferSlot>,
 }
 
 /// The pipeline's handle on the consumer. Every call returns at once: pausing and resuming are

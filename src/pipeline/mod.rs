@@ -41,7 +41,7 @@ use crate::config::{Config, ProcessingOrder};
 use crate::dispatch::{LaneId, LaneKey, Scheduler};
 use crate::gate::Gate;
 use crate::handler::{Handler, HandlerError};
-use crate::kafka::{DeadLetterProducer, Event, KafkaControl, Offsets};
+use crate::kafka::{BufferSlot, DeadLetterProducer, Event, Fetched, KafkaControl, Offsets};
 use crate::message::{Message, TopicPartition};
 use crate::telemetry::Stats;
 use crate::telemetry::repeat::RepeatLimiter;
@@ -55,7 +55,6 @@ pub use shutdown::ShutdownReport;
 pub struct PipelineSettings {
     pub max_in_flight: usize,
     pub processing_order: ProcessingOrder,
-    pub partition_buffer: usize,
     pub commit_interval: Duration,
     /// How long commits may keep failing before the health state reports them.
     pub commit_unhealthy_after: Duration,
@@ -68,7 +67,6 @@ impl PipelineSettings {
         PipelineSettings {
             max_in_flight: config.max_in_flight,
             processing_order: config.processing_order,
-            partition_buffer: config.partition_buffer,
             commit_interval: config.commit_interval,
             commit_unhealthy_after: config.commit_unhealthy_after,
             revoke_timeout: config.revoke_timeout,
@@ -90,6 +88,8 @@ pub(crate) struct Pending {
     /// The handler's rejection, once a dead-letter produce for it failed: the retry produces
     /// again without asking the handler.
     rejection: Option<HandlerError>,
+    /// The message's room in its partition's buffer, held until it is dispatched.
+    slot: Option<BufferSlot>,
 }
 
 /// The result of one message handed to a worker.
@@ -252,7 +252,11 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Fetched(message) => self.on_fetched(message),
+            Event::Fetched(records) => {
+                for record in records {
+                    self.on_fetched(record);
+                }
+            }
             Event::Assigned { partitions, paused } => self.on_assigned(partitions, paused),
             Event::Revoked { partitions, reply } => self.begin_revocation(partitions, reply),
             Event::Committed { result, offsets } => self.on_committed(result, offsets),
@@ -290,7 +294,8 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         self.stats.record_consumer_error(poll_interval_exceeded, fatal.then(|| error.to_string()));
     }
 
-    fn on_fetched(&mut self, message: Message) {
+    /// Queues a fetched message. A message that is not queued is dropped with its buffer slot.
+    fn on_fetched(&mut self, Fetched { message, slot }: Fetched) {
         let partition = message.topic_partition();
         if self.draining {
             // Not dispatched and not committed, so the next consumer of the partition reads it.
@@ -317,7 +322,6 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             return;
         }
 
-        state.buffered += 1;
         let generation = state.generation;
         let key = LaneKey::for_message(self.settings.processing_order, message.key.as_ref(), message.offset);
         let lane = LaneId { partition: partition.clone(), key };
@@ -326,9 +330,8 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         self.stats.record_fetched();
         self.scheduler.push(
             lane.clone(),
-            Pending { message: Arc::new(message), lane, generation, seq, attempt: 0, rejection: None },
+            Pending { message: Arc::new(message), lane, generation, seq, attempt: 0, rejection: None, slot },
         );
-        self.reconcile_pause(&partition);
     }
 
     fn on_assigned(&mut self, partitions: Vec<TopicPartition>, paused: bool) {
@@ -359,9 +362,6 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
     fn forget_partition(&mut self, partition: &TopicPartition) -> (usize, usize) {
         let queued = self.scheduler.remove_partition(partition);
         let retries = self.retries.remove_partition(partition);
-        if let Some(state) = self.partitions.get_mut(partition) {
-            state.buffered = 0;
-        }
         (queued, retries)
     }
 
@@ -581,11 +581,9 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         while self.in_flight < self.settings.max_in_flight {
             let pending = if let Some(pending) = self.retries.take_next() {
                 pending
-            } else if let Some((lane, pending)) = self.scheduler.pop() {
-                if let Some(state) = self.partitions.get_mut(&lane.partition) {
-                    state.buffered -= 1;
-                }
-                self.reconcile_pause(&lane.partition);
+            } else if let Some((_, mut pending)) = self.scheduler.pop() {
+                // Leaving the buffer frees its room for the next fetched message.
+                pending.slot = None;
                 pending
             } else {
                 break;
@@ -637,18 +635,14 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
     }
 
     /// Brings one partition's Kafka pause state in line with what it should be: paused while
-    /// fetching is paused (gate closed or shutting down) or while its buffer is full.
-    ///
-    /// NOTE: librdkafka drops a paused partition's prefetched records and fetches them again
-    /// after the resume, which can wait for an open fetch to return (up to `fetch.wait.max.ms`).
-    /// A full buffer therefore costs throughput; BENCHMARKS.md measures it under gap 1.
+    /// fetching is paused (gate closed or shutting down). A full buffer does not pause: the poll
+    /// thread stops taking the partition's records instead (see `kafka::flow`).
     fn reconcile_pause(&mut self, partition: &TopicPartition) {
         let fetch_paused = !self.gate.is_open() || self.draining;
-        let limit = self.settings.partition_buffer;
         let Some(state) = self.partitions.get_mut(partition) else {
             return;
         };
-        match state.wants_pause(fetch_paused, limit) {
+        match state.wants_pause(fetch_paused) {
             Some(true) => self.control.pause(std::slice::from_ref(partition)),
             Some(false) => self.control.resume(std::slice::from_ref(partition)),
             None => {}
@@ -657,11 +651,10 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
 
     fn reconcile_all_pauses(&mut self) {
         let fetch_paused = !self.gate.is_open() || self.draining;
-        let limit = self.settings.partition_buffer;
         let mut pause = Vec::new();
         let mut resume = Vec::new();
         for (partition, state) in &mut self.partitions {
-            match state.wants_pause(fetch_paused, limit) {
+            match state.wants_pause(fetch_paused) {
                 Some(true) => pause.push(partition.clone()),
                 Some(false) => resume.push(partition.clone()),
                 None => {}

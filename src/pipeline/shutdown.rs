@@ -42,9 +42,6 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         let uncommitted_retries = self.retries.clear();
         let unsent = self.scheduler.queued();
         self.scheduler = Scheduler::new();
-        for state in self.partitions.values_mut() {
-            state.buffered = 0;
-        }
         info!(
             in_flight = self.in_flight,
             uncommitted_retries, unsent, "shutting down: waiting for in-flight handler calls"

@@ -15,7 +15,7 @@ use super::{Pipeline, PipelineSettings};
 use crate::backoff::Backoff;
 use crate::config::ProcessingOrder;
 use crate::handler::{Handler, HandlerError};
-use crate::kafka::{Event, KafkaControl};
+use crate::kafka::{Event, Fetched, KafkaControl};
 use crate::message::{Message, TimestampType, TopicPartition};
 use crate::telemetry::Stats;
 
@@ -87,6 +87,11 @@ impl Handler for FlakyHandler {
     }
 }
 
+/// One fetched message, outside any buffer bound.
+fn fetched(partition: &TopicPartition, offset: i64) -> Event {
+    Event::Fetched(vec![Fetched { message: message(partition, offset), slot: None }])
+}
+
 fn message(partition: &TopicPartition, offset: i64) -> Message {
     Message {
         topic: partition.topic.clone(),
@@ -127,7 +132,6 @@ fn start_with_commit_failures(handler: FlakyHandler, order: ProcessingOrder, fai
     let settings = PipelineSettings {
         max_in_flight: 8,
         processing_order: order,
-        partition_buffer: 100,
         commit_interval: Duration::from_millis(10),
         commit_unhealthy_after: Duration::from_secs(1),
         revoke_timeout: Duration::from_secs(1),
@@ -161,7 +165,7 @@ async fn probe_delays_follow_seeded_backoff() {
     let harness = start(handler, ProcessingOrder::Partition);
     harness.events.send(Event::Assigned { partitions: vec![partition.clone()], paused: false }).unwrap();
     for offset in 0..5 {
-        harness.events.send(Event::Fetched(message(&partition, offset))).unwrap();
+        harness.events.send(fetched(&partition, offset)).unwrap();
     }
 
     let done = harness.stats.wait_until(Duration::from_secs(60), |s| s.committed_offset("t", 0) == Some(5)).await;
@@ -197,7 +201,7 @@ async fn nothing_committed_past_failing_offset() {
     let harness = start(handler, ProcessingOrder::Unordered);
     harness.events.send(Event::Assigned { partitions: vec![partition.clone()], paused: false }).unwrap();
     for offset in 0..6 {
-        harness.events.send(Event::Fetched(message(&partition, offset))).unwrap();
+        harness.events.send(fetched(&partition, offset)).unwrap();
     }
 
     let done = harness.stats.wait_until(Duration::from_secs(60), |s| s.committed_offset("t", 0) == Some(6)).await;
@@ -218,7 +222,7 @@ async fn gate_pauses_then_resumes_partitions() {
     let handler = FlakyHandler { failures: [(0, 1)].into_iter().collect(), ..FlakyHandler::default() };
     let harness = start(handler, ProcessingOrder::Key);
     harness.events.send(Event::Assigned { partitions: vec![partition.clone()], paused: false }).unwrap();
-    harness.events.send(Event::Fetched(message(&partition, 0))).unwrap();
+    harness.events.send(fetched(&partition, 0)).unwrap();
 
     let done = harness.stats.wait_until(Duration::from_secs(60), |s| s.committed_offset("t", 0) == Some(1)).await;
     let snapshot = done.expect("offset 0 committed after its retry");
@@ -241,7 +245,7 @@ async fn revocation_replies_with_finished_offsets() {
     let harness = start(handler, ProcessingOrder::Unordered);
     harness.events.send(Event::Assigned { partitions: vec![partition.clone()], paused: false }).unwrap();
     for offset in 0..6 {
-        harness.events.send(Event::Fetched(message(&partition, offset))).unwrap();
+        harness.events.send(fetched(&partition, offset)).unwrap();
     }
     let handled = harness.stats.wait_until(Duration::from_secs(60), |s| s.succeeded == 5).await;
     assert!(handled.is_ok(), "{handled:?}");
@@ -267,7 +271,7 @@ async fn failed_commits_retry_and_report_health() {
     let harness = start_with_commit_failures(FlakyHandler::default(), ProcessingOrder::Key, 20);
     harness.events.send(Event::Assigned { partitions: vec![partition.clone()], paused: false }).unwrap();
     for offset in 0..3 {
-        harness.events.send(Event::Fetched(message(&partition, offset))).unwrap();
+        harness.events.send(fetched(&partition, offset)).unwrap();
     }
 
     let unhealthy = harness.stats.wait_until(Duration::from_secs(600), |s| !s.commits_healthy).await;
