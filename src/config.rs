@@ -60,6 +60,9 @@ const MANAGED_KAFKA_PROPERTIES: &[(&str, &str)] = &[
 /// pod's address.
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:9464";
 
+/// Default of `SCC_HANDLER_BATCH_MAX`, in records per HandleBatch call.
+pub const DEFAULT_HANDLER_BATCH_MAX: usize = 64;
+
 /// The order in which messages of one partition may be handled concurrently.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProcessingOrder {
@@ -103,7 +106,8 @@ pub struct Config {
     pub handler_endpoint: String,
     /// `HANDLER_TLS_*` and `SCC_HANDLER_MAX_MESSAGE_BYTES`: how every handler connection is made.
     pub handler_transport: HandlerTransport,
-    /// `SCC_MAX_IN_FLIGHT`: handler calls open at once, 1 to 10,000.
+    /// `SCC_MAX_IN_FLIGHT`: messages in handler calls at once, each message of a batch counted,
+    /// 1 to 10,000.
     pub max_in_flight: usize,
     /// `SCC_PROCESSING_ORDER`: which messages may run concurrently.
     pub processing_order: ProcessingOrder,
@@ -115,6 +119,9 @@ pub struct Config {
     pub backoff_max: Duration,
     /// `SCC_HANDLER_TIMEOUT_MS`: kafka-scc's own deadline for one handler call.
     pub handler_timeout: Duration,
+    /// `SCC_HANDLER_BATCH_MAX`: the maximum number of records in one HandleBatch call, 1 to
+    /// 10,000; 1 sends every message with Handle.
+    pub handler_batch_max: usize,
     /// `SCC_HANDLER_READY_TIMEOUT_MS`: how long start-up waits for the handler's health service
     /// to report SERVING before consuming anyway.
     pub handler_ready_timeout: Duration,
@@ -215,6 +222,8 @@ impl Config {
             ));
         }
         let handler_timeout = env.millis("SCC_HANDLER_TIMEOUT_MS", 30_000, 1, 3_600_000)?;
+        let handler_batch_max =
+            env.integer("SCC_HANDLER_BATCH_MAX", DEFAULT_HANDLER_BATCH_MAX as u64, 1, 10_000)? as usize;
         let handler_ready_timeout = env.millis("SCC_HANDLER_READY_TIMEOUT_MS", 30_000, 0, 3_600_000)?;
         let shutdown_timeout = env.millis("SCC_SHUTDOWN_TIMEOUT_MS", 25_000, 100, 3_600_000)?;
         let commit_interval = env.millis("SCC_COMMIT_INTERVAL_MS", 500, 1, 600_000)?;
@@ -251,6 +260,7 @@ impl Config {
             backoff_base,
             backoff_max,
             handler_timeout,
+            handler_batch_max,
             handler_ready_timeout,
             shutdown_timeout,
             commit_interval,
@@ -374,7 +384,7 @@ impl Config {
         };
         let mut line = format!(
             "brokers={} group_id={} topics={} handler={} max_in_flight={} order={} pause_codes={} \
-             backoff_base_ms={} backoff_max_ms={} handler_timeout_ms={} shutdown_timeout_ms={} \
+             backoff_base_ms={} backoff_max_ms={} handler_timeout_ms={} handler_batch_max={} shutdown_timeout_ms={} \
              commit_interval_ms={} commit_unhealthy_after_ms={} revoke_timeout_ms={} partition_buffer={} http_addr={}",
             self.brokers,
             self.group_id,
@@ -386,6 +396,7 @@ impl Config {
             self.backoff_base.as_millis(),
             self.backoff_max.as_millis(),
             self.handler_timeout.as_millis(),
+            self.handler_batch_max,
             self.shutdown_timeout.as_millis(),
             self.commit_interval.as_millis(),
             self.commit_unhealthy_after.as_millis(),
@@ -590,6 +601,7 @@ mod tests {
         assert_eq!(config.backoff_base, Duration::from_millis(500));
         assert_eq!(config.backoff_max, Duration::from_millis(10_000));
         assert_eq!(config.pause_codes.len(), DEFAULT_PAUSE_CODES.len());
+        assert_eq!(config.handler_batch_max, 64);
     }
 
     #[test]
@@ -609,6 +621,9 @@ mod tests {
             ("SCC_PAUSE_CODES", "OK"),
             ("SCC_BACKOFF_BASE_MS", "-5"),
             ("SCC_HANDLER_TIMEOUT_MS", "1.5"),
+            ("SCC_HANDLER_BATCH_MAX", "0"),
+            ("SCC_HANDLER_BATCH_MAX", "10001"),
+            ("SCC_HANDLER_BATCH_MAX", "many"),
             ("SCC_LOG_FORMAT", "xml"),
             ("SCC_HTTP_ADDR", "localhost"),
             ("HANDLER_ENDPOINT", "127.0.0.1:50051"),
@@ -628,6 +643,14 @@ mod tests {
             assert!(!line.contains('\n'), "{line}");
             assert!(line.contains(variable), "{line}");
         }
+    }
+
+    #[test]
+    fn batch_max_accepts_its_range() {
+        assert_eq!(config(&[("SCC_HANDLER_BATCH_MAX", "1")]).unwrap().handler_batch_max, 1);
+        assert_eq!(config(&[("SCC_HANDLER_BATCH_MAX", "10000")]).unwrap().handler_batch_max, 10_000);
+        let error = config(&[("SCC_HANDLER_BATCH_MAX", "0")]).unwrap_err();
+        assert_eq!(error.expected, "expected a whole number from 1 to 10000");
     }
 
     #[test]

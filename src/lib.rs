@@ -50,6 +50,17 @@ pub mod proto {
     tonic::include_proto!("scc.handler.v1");
 }
 
+/// Builds a record's HandleBatch result from the status that Handle would return for it, for
+/// handler servers written in Rust.
+impl From<Result<(), tonic::Status>> for proto::RecordResult {
+    fn from(status: Result<(), tonic::Status>) -> proto::RecordResult {
+        match status {
+            Ok(()) => proto::RecordResult::default(),
+            Err(status) => proto::RecordResult { code: status.code().into(), message: status.message().to_owned() },
+        }
+    }
+}
+
 pub use config::{Config, ConfigError, ProcessingOrder};
 pub use handler::{Disposition, GrpcHandler, Handler, HandlerError, Readiness, TopicRouter};
 pub use message::{Message, TopicPartition};

@@ -31,7 +31,10 @@ key. An environment variable overrides the file key of the same setting. The var
                            largest request sent to the handler, in bytes (default 4194304); a larger
                            message is not sent and is committed as non-pausing. At least
                            max.partition.fetch.bytes + 65536; the handler must accept this size
-  SCC_MAX_IN_FLIGHT        handler calls open at once (default 100)
+  SCC_HANDLER_BATCH_MAX    maximum records per HandleBatch call, 1 to 10000 (default 64); 1 sends
+                           every message with Handle, as kafka-scc does anyway for a handler
+                           without HandleBatch
+  SCC_MAX_IN_FLIGHT        records in handler calls at once (default 100)
   SCC_PROCESSING_ORDER     key, partition or unordered (default key)
   SCC_PAUSE_CODES          gRPC codes that pause and retry (default UNAVAILABLE,DEADLINE_EXCEEDED,
                            RESOURCE_EXHAUSTED,ABORTED,UNIMPLEMENTED,UNAUTHENTICATED,PERMISSION_DENIED)

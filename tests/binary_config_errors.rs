@@ -22,6 +22,8 @@ struct Case {
 const CASES: &[Case] = &[
     Case { variable: "SCC_MAX_IN_FLIGHT", value: Some("abc"), accepted_form: "whole number" },
     Case { variable: "SCC_MAX_IN_FLIGHT", value: Some("0"), accepted_form: "whole number" },
+    Case { variable: "SCC_HANDLER_BATCH_MAX", value: Some("0"), accepted_form: "whole number from 1 to 10000" },
+    Case { variable: "SCC_HANDLER_BATCH_MAX", value: Some("10001"), accepted_form: "whole number from 1 to 10000" },
     Case { variable: "SCC_PROCESSING_ORDER", value: Some("random"), accepted_form: "key, partition or unordered" },
     Case { variable: "KAFKA_TOPIC", value: None, accepted_form: "missing" },
     Case { variable: "KAFKA_CFG_SESSION_TIMEOUT_MS", value: Some("soon"), accepted_form: "session.timeout.ms" },

@@ -9,6 +9,9 @@
 //! | any other 4xx                             | INVALID_ARGUMENT   | logs and commits          |
 //! | anything else (1xx, unfollowed 3xx)       | INTERNAL           | logs and commits          |
 //!
+//! It implements HandleBatch too: it posts a batch's records concurrently, one POST each, and
+//! returns each record's status as its result code.
+//!
 //! Shared by the `handler_server` example and `quickstart`.
 #![allow(dead_code)]
 
@@ -17,9 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use kafka_scc::handler::classify::code_name;
+use kafka_scc::message::traceparent_for;
 use kafka_scc::proto::message_handler_server::{MessageHandler, MessageHandlerServer};
-use kafka_scc::proto::{HandleRequest, HandleResponse};
+use kafka_scc::proto::{HandleBatchRequest, HandleBatchResponse, HandleRequest, HandleResponse, RecordResult};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -116,20 +121,14 @@ impl SinkForwarder {
             Err(Status::internal(text))
         }
     }
-}
 
-#[tonic::async_trait]
-impl MessageHandler for SinkForwarder {
-    async fn handle(&self, request: Request<HandleRequest>) -> Result<Response<HandleResponse>, Status> {
-        let traceparent =
-            request.metadata().get("traceparent").and_then(|value| value.to_str().ok()).map(str::to_owned);
-        let record = request.into_inner();
-        let event = event_json(&record);
-
-        match self.forward(&event, traceparent.as_deref()).await {
+    /// Forwards one record, counts the outcome and logs a failure; returns the record's status.
+    async fn forward_record(&self, record: &HandleRequest, traceparent: Option<&str>) -> Result<(), Status> {
+        let event = event_json(record);
+        match self.forward(&event, traceparent).await {
             Ok(()) => {
                 self.counts.forwarded.fetch_add(1, Ordering::Relaxed);
-                Ok(Response::new(HandleResponse {}))
+                Ok(())
             }
             Err(status) => {
                 let counter = if status.code() == tonic::Code::Unavailable {
@@ -151,6 +150,32 @@ impl MessageHandler for SinkForwarder {
                 Err(status)
             }
         }
+    }
+}
+
+#[tonic::async_trait]
+impl MessageHandler for SinkForwarder {
+    async fn handle(&self, request: Request<HandleRequest>) -> Result<Response<HandleResponse>, Status> {
+        let traceparent =
+            request.metadata().get("traceparent").and_then(|value| value.to_str().ok()).map(str::to_owned);
+        let record = request.into_inner();
+        self.forward_record(&record, traceparent.as_deref()).await.map(|()| Response::new(HandleResponse {}))
+    }
+
+    /// Forwards the records concurrently: kafka-scc never puts two records in one batch that
+    /// its processing order keeps apart. A batch call carries no `traceparent` metadata, so
+    /// each POST gets one made from its record's trace id.
+    async fn handle_batch(
+        &self,
+        request: Request<HandleBatchRequest>,
+    ) -> Result<Response<HandleBatchResponse>, Status> {
+        let records = request.into_inner().records;
+        let forwards = records.iter().map(|record| async move {
+            let traceparent = (!record.trace_id.is_empty()).then(|| traceparent_for(&record.trace_id));
+            self.forward_record(record, traceparent.as_deref()).await
+        });
+        let results = join_all(forwards).await.into_iter().map(RecordResult::from).collect();
+        Ok(Response::new(HandleBatchResponse { results }))
     }
 }
 

@@ -33,6 +33,7 @@ pub const SETTING_KEYS: &[(&str, &str)] = &[
     ("handler.ready_timeout_ms", "SCC_HANDLER_READY_TIMEOUT_MS"),
     ("handler.pause_codes", "SCC_PAUSE_CODES"),
     ("handler.max_message_bytes", "SCC_HANDLER_MAX_MESSAGE_BYTES"),
+    ("handler.batch_max", "SCC_HANDLER_BATCH_MAX"),
     ("handler.tls_ca", "HANDLER_TLS_CA"),
     ("handler.tls_cert", "HANDLER_TLS_CERT"),
     ("handler.tls_key", "HANDLER_TLS_KEY"),
@@ -174,6 +175,7 @@ fn collect_settings(document: &Document, out: &mut Collector<'_>) {
     out.add("SCC_HANDLER_READY_TIMEOUT_MS", &document.handler.ready_timeout_ms);
     out.add("SCC_PAUSE_CODES", &document.handler.pause_codes);
     out.add("SCC_HANDLER_MAX_MESSAGE_BYTES", &document.handler.max_message_bytes);
+    out.add("SCC_HANDLER_BATCH_MAX", &document.handler.batch_max);
     out.add("HANDLER_TLS_CA", &document.handler.tls_ca);
     out.add("HANDLER_TLS_CERT", &document.handler.tls_cert);
     out.add("HANDLER_TLS_KEY", &document.handler.tls_key);
@@ -345,8 +347,8 @@ mod tests {
                 text.push_str(&format!("[{table}]\n"));
                 section = table;
             }
-            let whole_number =
-                name.ends_with("_ms") || ["max_in_flight", "partition_buffer", "max_message_bytes"].contains(&name);
+            let whole_number = name.ends_with("_ms")
+                || ["max_in_flight", "partition_buffer", "max_message_bytes", "batch_max"].contains(&name);
             let value = if whole_number { "7" } else { "\"x\"" };
             text.push_str(&format!("{name} = {value}\n"));
         }

@@ -88,7 +88,7 @@ pub fn classify(failure: &CallFailure, pause_codes: &HashSet<Code>) -> HandlerEr
 
 /// Returns true when tonic built the status from a local transport error instead of decoding
 /// it from the handler's response.
-fn is_transport_failure(status: &Status) -> bool {
+pub(crate) fn is_transport_failure(status: &Status) -> bool {
     status.source().is_some()
 }
 

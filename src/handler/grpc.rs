@@ -1,12 +1,21 @@
-//! The gRPC implementation of [`Handler`]: one `MessageHandler.Handle` call per message over a
-//! shared HTTP/2 channel.
+//! The gRPC implementation of [`Handler`]: one `MessageHandler.Handle` call per message, or one
+//! `HandleBatch` call per group of messages (module `batch`), over a shared HTTP/2 channel.
 //!
 //! The channel connects lazily and reconnects by itself, so a handler that starts after
 //! kafka-scc, or restarts, is picked up without restarting the sidecar; until then every call
 //! fails as a transport error, which is pause-eligible. The same is true over TLS and over a Unix
 //! domain socket: [`GrpcHandler::new`] is the one place that builds the channel.
+//!
+//! Every call, unary or batch, goes through `GrpcHandler::call`, so the deadline and the
+//! classification of a failed call are the same for both.
+
+mod batch;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prost::Message as _;
@@ -20,7 +29,10 @@ use tracing::debug;
 
 use super::classify::{CallFailure, classify};
 use super::{Handler, HandlerError, Readiness};
-use crate::config::{Config, ConfigError, HandlerAddress, HandlerTls, HandlerTransport, parse_handler_endpoint};
+use crate::config::{
+    Config, ConfigError, DEFAULT_HANDLER_BATCH_MAX, HandlerAddress, HandlerTls, HandlerTransport,
+    parse_handler_endpoint,
+};
 use crate::message::{Message, TimestampType, traceparent_for};
 use crate::proto::message_handler_client::MessageHandlerClient;
 use crate::proto::{self, HandleRequest};
@@ -47,6 +59,13 @@ pub struct GrpcHandler {
     timeout: Duration,
     pause_codes: HashSet<Code>,
     max_message_bytes: usize,
+    /// The maximum number of records in one HandleBatch call; 1 sends every message with Handle.
+    batch_max: usize,
+    /// Set when HandleBatch first returns UNIMPLEMENTED. Clones share it, because they call the
+    /// same server.
+    batch_unsupported: Arc<AtomicBool>,
+    /// The endpoint, for log lines.
+    endpoint: String,
 }
 
 impl GrpcHandler {
@@ -57,8 +76,8 @@ impl GrpcHandler {
     }
 
     /// Creates a handler client for `endpoint` with the other handler settings of `config`
-    /// (transport, deadline, group id, pause codes), without connecting yet. `variable` names
-    /// the setting the endpoint came from, for the error.
+    /// (transport, deadline, group id, pause codes, batch size), without connecting yet.
+    /// `variable` names the setting the endpoint came from, for the error.
     pub fn for_endpoint(config: &Config, variable: &str, endpoint: &str) -> Result<GrpcHandler, ConfigError> {
         let address = parse_handler_endpoint(variable, endpoint, &config.handler_transport.tls)?;
         GrpcHandler::new(
@@ -68,6 +87,7 @@ impl GrpcHandler {
             config.handler_timeout,
             config.pause_codes.clone(),
         )
+        .map(|handler| handler.with_batch_max(config.handler_batch_max))
         .map_err(|error| ConfigError {
             variable: variable.to_owned(),
             value: endpoint.to_owned(),
@@ -80,7 +100,9 @@ impl GrpcHandler {
     /// settings.
     ///
     /// `timeout` is kafka-scc's own deadline for each call; it is also sent to the handler as
-    /// the gRPC deadline. `pause_codes` are the handler codes that close the gate.
+    /// the gRPC deadline. `pause_codes` are the handler codes that close the gate. Batches
+    /// hold up to [`DEFAULT_HANDLER_BATCH_MAX`] records; [`GrpcHandler::with_batch_max`]
+    /// changes that.
     pub fn new(
         address: &HandlerAddress,
         transport: &HandlerTransport,
@@ -115,7 +137,17 @@ impl GrpcHandler {
             timeout,
             pause_codes,
             max_message_bytes: limit,
+            batch_max: DEFAULT_HANDLER_BATCH_MAX,
+            batch_unsupported: Arc::default(),
+            endpoint: address.to_string(),
         })
+    }
+
+    /// Sets the maximum number of records in one HandleBatch call (`SCC_HANDLER_BATCH_MAX`); 1
+    /// sends every message with Handle, and 0 counts as 1.
+    pub fn with_batch_max(mut self, batch_max: usize) -> GrpcHandler {
+        self.batch_max = batch_max.max(1);
+        self
     }
 
     /// Creates a handler client for `endpoint` with the default transport (no TLS settings, the
@@ -136,13 +168,14 @@ impl GrpcHandler {
         })
     }
 
-    fn request(&self, message: &Message, attempt: u32) -> tonic::Request<HandleRequest> {
+    /// Builds the request body for one message, as Handle and HandleBatch send it.
+    fn record(&self, message: &Message, attempt: u32) -> HandleRequest {
         let timestamp_type = match message.timestamp_type {
             TimestampType::NotAvailable => proto::TimestampType::Unspecified,
             TimestampType::CreateTime => proto::TimestampType::CreateTime,
             TimestampType::LogAppendTime => proto::TimestampType::LogAppendTime,
         };
-        let body = HandleRequest {
+        HandleRequest {
             topic: message.topic.to_string(),
             partition: message.partition,
             offset: message.offset,
@@ -158,14 +191,50 @@ impl GrpcHandler {
             group_id: self.group_id.clone(),
             trace_id: message.trace_id.clone(),
             attempt,
-        };
+        }
+    }
 
-        let mut request = tonic::Request::new(body);
+    /// Builds a Handle request: the record, the deadline and the `traceparent` metadata.
+    fn request(&self, message: &Message, attempt: u32) -> tonic::Request<HandleRequest> {
+        let mut request = tonic::Request::new(self.record(message, attempt));
         request.set_timeout(self.timeout);
         if let Ok(value) = MetadataValue::try_from(traceparent_for(&message.trace_id)) {
             request.metadata_mut().insert("traceparent", value);
         }
         request
+    }
+
+    /// Returns the non-pausing error for a request of `size` bytes, over the message size limit.
+    /// Retrying cannot make the message smaller, so it is not pause-eligible. gRPC libraries
+    /// report an over-limit message as RESOURCE_EXHAUSTED.
+    fn oversized(&self, size: usize) -> HandlerError {
+        HandlerError::non_pausing(
+            Some(Code::ResourceExhausted),
+            format!(
+                "the request is {size} bytes, over the limit of {} bytes (SCC_HANDLER_MAX_MESSAGE_BYTES); not sent to the handler",
+                self.max_message_bytes
+            ),
+        )
+    }
+
+    /// Awaits one call under kafka-scc's own deadline and returns the response body or the
+    /// failure, not yet classified.
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, CallFailure> {
+        let started = tokio::time::Instant::now();
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            // A handler server that enforces the deadline sent in `grpc-timeout` responds when it
+            // expires, at about the moment kafka-scc's own timer fires, and its response can come
+            // first. It reports the same expired deadline, so it is classified as the own timeout.
+            Ok(Err(status)) if reports_expired_deadline(&status) && started.elapsed() >= self.timeout => {
+                Err(CallFailure::Timeout(self.timeout))
+            }
+            Ok(Err(status)) => Err(CallFailure::Status(status)),
+            Err(_) => Err(CallFailure::Timeout(self.timeout)),
+        }
     }
 }
 
@@ -211,8 +280,9 @@ impl GrpcHandler {
     }
 }
 
-impl Handler for GrpcHandler {
-    async fn wait_until_ready(&self, timeout: Duration) -> Readiness {
+impl GrpcHandler {
+    /// Checks the health service until it reports SERVING, or until `timeout`.
+    async fn wait_until_serving(&self, timeout: Duration) -> Readiness {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match self.check_health().await {
@@ -227,20 +297,24 @@ impl Handler for GrpcHandler {
             }
         }
     }
+}
+
+impl Handler for GrpcHandler {
+    /// Waits for the health service to report SERVING, then asks whether the handler
+    /// implements HandleBatch.
+    async fn wait_until_ready(&self, timeout: Duration) -> Readiness {
+        let readiness = self.wait_until_serving(timeout).await;
+        if !matches!(readiness, Readiness::TimedOut(_)) {
+            self.probe_handle_batch().await;
+        }
+        readiness
+    }
 
     async fn handle(&self, message: &Message, attempt: u32) -> Result<(), HandlerError> {
         let request = self.request(message, attempt);
         let size = request.get_ref().encoded_len();
         if size > self.max_message_bytes {
-            // Retrying cannot make the message smaller, so it is not pause-eligible. gRPC
-            // libraries report an over-limit message as RESOURCE_EXHAUSTED.
-            return Err(HandlerError::non_pausing(
-                Some(Code::ResourceExhausted),
-                format!(
-                    "the request is {size} bytes, over the limit of {} bytes (SCC_HANDLER_MAX_MESSAGE_BYTES); not sent to the handler",
-                    self.max_message_bytes
-                ),
-            ));
+            return Err(self.oversized(size));
         }
         let mut client = self.client.clone();
 
@@ -249,19 +323,22 @@ impl Handler for GrpcHandler {
         // RESOURCE_EXHAUSTED. That code is pause-eligible by default, so such a message is
         // retried until the handler's limit is raised. The README asks for a handler receive
         // limit of at least SCC_HANDLER_MAX_MESSAGE_BYTES.
-        let started = tokio::time::Instant::now();
-        let failure = match tokio::time::timeout(self.timeout, client.handle(request)).await {
-            Ok(Ok(_)) => return Ok(()),
-            // A handler server that enforces the deadline sent in `grpc-timeout` responds when it
-            // expires, at about the moment kafka-scc's own timer fires, and its response can come
-            // first. It reports the same expired deadline, so it is classified as the own timeout.
-            Ok(Err(status)) if reports_expired_deadline(&status) && started.elapsed() >= self.timeout => {
-                CallFailure::Timeout(self.timeout)
-            }
-            Ok(Err(status)) => CallFailure::Status(status),
-            Err(_) => CallFailure::Timeout(self.timeout),
-        };
-        Err(classify(&failure, &self.pause_codes))
+        match self.call(client.handle(request)).await {
+            Ok(_) => Ok(()),
+            Err(failure) => Err(classify(&failure, &self.pause_codes)),
+        }
+    }
+
+    /// Sends the batch as HandleBatch calls, or as Handle calls once the handler has returned
+    /// UNIMPLEMENTED for HandleBatch; see module `batch`.
+    async fn handle_batch(&self, batch: &[(&Message, u32)]) -> Vec<Result<(), HandlerError>> {
+        self.send_batch(batch).await
+    }
+
+    /// Returns `SCC_HANDLER_BATCH_MAX`, or 1 once the handler has returned UNIMPLEMENTED for
+    /// HandleBatch.
+    fn max_batch_len(&self) -> usize {
+        if self.batch_unsupported.load(Ordering::Relaxed) { 1 } else { self.batch_max }
     }
 }
 

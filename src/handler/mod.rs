@@ -3,7 +3,9 @@
 //!
 //! A handler sees nothing of Kafka offsets or commits. It only says whether a message
 //! succeeded, failed in a way worth pausing for (the downstream is unavailable, so the same
-//! message would succeed later), or failed for good (the message itself is bad).
+//! message would succeed later), or failed for good (the message itself is bad). A handler may
+//! also take several messages in one call ([`Handler::handle_batch`]); it then returns one such
+//! result per message, in order.
 
 pub mod classify;
 pub mod grpc;
@@ -13,6 +15,7 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use tonic::Code;
 
 use crate::message::Message;
@@ -78,12 +81,35 @@ impl std::error::Error for HandlerError {}
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, message: &Message, attempt: u32) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
+    /// Handles several messages, each with its attempt number, and returns one result per
+    /// message in the order of `batch`. The pipeline puts no two messages in one batch that
+    /// the processing order forbids running at the same time, so they may run concurrently.
+    ///
+    /// The default calls [`Handler::handle`] for every message concurrently.
+    fn handle_batch(&self, batch: &[(&Message, u32)]) -> impl Future<Output = Vec<Result<(), HandlerError>>> + Send {
+        handle_each(self, batch)
+    }
+
+    /// Returns the maximum number of messages this handler takes in one
+    /// [`Handler::handle_batch`] call. The default, 1, means that batches gain nothing, and the
+    /// pipeline calls [`Handler::handle`] per message. The pipeline reads it before every
+    /// dispatch, so it may change at run time.
+    fn max_batch_len(&self) -> usize {
+        1
+    }
+
     /// Waits, at most `timeout`, until the handler reports that it can take calls. Called once
     /// before consuming starts; the default reports ready at once.
     fn wait_until_ready(&self, timeout: Duration) -> impl Future<Output = Readiness> + Send {
         let _ = timeout;
         async { Readiness::Ready }
     }
+}
+
+/// Calls `handler.handle` for every message of `batch` concurrently and returns the results in
+/// the order of `batch`.
+pub async fn handle_each<H: Handler + ?Sized>(handler: &H, batch: &[(&Message, u32)]) -> Vec<Result<(), HandlerError>> {
+    join_all(batch.iter().map(|(message, attempt)| handler.handle(message, *attempt))).await
 }
 
 /// The result of a handler's start-up check.

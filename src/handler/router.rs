@@ -7,7 +7,9 @@
 //! topic, because closing the gate for it would stop every partition and no retry could help.
 //!
 //! The router changes only where a call goes. The handlers share the pipeline's in-flight limit
-//! and its one gate, so a pause-eligible failure from any of them pauses every topic.
+//! and its one gate, so a pause-eligible failure from any of them pauses every topic. A batch is
+//! split by route: each handler gets the messages of its topics as one batch of its own, the
+//! handlers run concurrently, and the results come back in the order of the whole batch.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -73,11 +75,38 @@ impl<H: Handler> Handler for TopicRouter<H> {
     async fn handle(&self, message: &Message, attempt: u32) -> Result<(), HandlerError> {
         match self.topics.get(&*message.topic) {
             Some(index) => self.handlers[*index].handler.handle(message, attempt).await,
-            None => Err(HandlerError::non_pausing(
-                None,
-                format!("no handler is configured for topic {}; it is not among the subscribed topics", message.topic),
-            )),
+            None => Err(unrouted(message)),
         }
+    }
+
+    async fn handle_batch(&self, batch: &[(&Message, u32)]) -> Vec<Result<(), HandlerError>> {
+        // The positions in `batch` of each handler's messages.
+        let mut positions: Vec<Vec<usize>> = vec![Vec::new(); self.handlers.len()];
+        let mut results: Vec<Option<Result<(), HandlerError>>> = vec![None; batch.len()];
+        for (position, (message, _)) in batch.iter().enumerate() {
+            match self.topics.get(&*message.topic) {
+                Some(index) => positions[*index].push(position),
+                None => results[position] = Some(Err(unrouted(message))),
+            }
+        }
+
+        let calls = self.handlers.iter().zip(&positions).filter(|(_, positions)| !positions.is_empty()).map(
+            |(route, positions)| async move {
+                let entries: Vec<(&Message, u32)> = positions.iter().map(|position| batch[*position]).collect();
+                (positions, route.handler.handle_batch(&entries).await)
+            },
+        );
+        for (positions, route_results) in join_all(calls).await {
+            for (position, result) in positions.iter().zip(route_results) {
+                results[*position] = Some(result);
+            }
+        }
+        results.into_iter().map(|result| result.unwrap_or_else(|| Err(missing_result()))).collect()
+    }
+
+    /// Returns the largest batch that any of the handlers takes.
+    fn max_batch_len(&self) -> usize {
+        self.handlers.iter().map(|route| route.handler.max_batch_len()).max().unwrap_or(1)
     }
 
     /// Waits for every handler at once, each for at most `timeout`. The result is `TimedOut`
@@ -93,6 +122,20 @@ impl<H: Handler> Handler for TopicRouter<H> {
             .map(|route| async move { (route.endpoint.as_str(), route.handler.wait_until_ready(timeout).await) });
         combine_readiness(join_all(checks).await)
     }
+}
+
+/// Returns the failure of a message whose topic has no route.
+fn unrouted(message: &Message) -> HandlerError {
+    HandlerError::non_pausing(
+        None,
+        format!("no handler is configured for topic {}; it is not among the subscribed topics", message.topic),
+    )
+}
+
+/// Returns the failure of a message that its handler's batch left without a result, which
+/// breaks the [`Handler::handle_batch`] contract.
+fn missing_result() -> HandlerError {
+    HandlerError::non_pausing(Some(tonic::Code::Internal), "the handler returned no result for this message")
 }
 
 fn combine_readiness(results: Vec<(&str, Readiness)>) -> Readiness {
@@ -143,6 +186,8 @@ mod tests {
     struct Recorder {
         endpoint: String,
         calls: CallLog,
+        /// The topics of every batch this handler received, in call order.
+        batches: Arc<Mutex<Vec<Vec<String>>>>,
         readiness: Readiness,
     }
 
@@ -150,6 +195,16 @@ mod tests {
         async fn handle(&self, message: &Message, _attempt: u32) -> Result<(), HandlerError> {
             self.calls.lock().unwrap().push((self.endpoint.clone(), message.topic.to_string()));
             Ok(())
+        }
+
+        async fn handle_batch(&self, batch: &[(&Message, u32)]) -> Vec<Result<(), HandlerError>> {
+            let topics = batch.iter().map(|(message, _)| message.topic.to_string()).collect();
+            self.batches.lock().unwrap().push(topics);
+            crate::handler::handle_each(self, batch).await
+        }
+
+        fn max_batch_len(&self) -> usize {
+            if self.endpoint == "p" { 8 } else { 1 }
         }
 
         async fn wait_until_ready(&self, _timeout: Duration) -> Readiness {
@@ -190,6 +245,7 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(Recorder {
                     endpoint: endpoint.to_owned(),
                     calls: Arc::clone(&calls),
+                    batches: Arc::default(),
                     readiness: readiness(endpoint),
                 })
             })
@@ -212,6 +268,33 @@ mod tests {
         let expected: Vec<(String, String)> =
             expected.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
         assert_eq!(calls, expected);
+    }
+
+    #[tokio::test]
+    async fn batch_splits_by_route_in_order() {
+        let (router, calls, _) =
+            router(&["payments", "refunds", "audit"], &[("payments", "p"), ("audit", "p")], |_| Readiness::Ready);
+        assert_eq!(router.max_batch_len(), 8);
+        let messages = [message("payments"), message("refunds"), message("other"), message("audit")];
+        let batch: Vec<(&Message, u32)> = messages.iter().map(|message| (message, 1)).collect();
+
+        let results = router.handle_batch(&batch).await;
+
+        assert_eq!(results.len(), 4);
+        assert!(results[0].is_ok(), "{:?}", results[0]);
+        assert!(results[1].is_ok(), "{:?}", results[1]);
+        let unrouted = results[2].as_ref().unwrap_err();
+        assert_eq!(unrouted.disposition, Disposition::NonPausing);
+        assert!(unrouted.message.contains("other"), "{unrouted}");
+        assert!(results[3].is_ok(), "{:?}", results[3]);
+
+        let batches_of = |endpoint: &str| {
+            let route = router.handlers.iter().find(|route| route.endpoint == endpoint).unwrap();
+            route.handler.batches.lock().unwrap().clone()
+        };
+        assert_eq!(batches_of("p"), vec![vec!["payments".to_owned(), "audit".to_owned()]]);
+        assert_eq!(batches_of("default"), vec![vec!["refunds".to_owned()]]);
+        assert_eq!(calls.lock().unwrap().len(), 3, "the unrouted message reached a handler");
     }
 
     #[test]

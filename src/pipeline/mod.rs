@@ -17,13 +17,15 @@
 //! - With a dead-letter topic, a non-pausing failure finishes only once the broker acknowledged
 //!   its dead-letter record. A failed dead-letter produce is retried like a pause-eligible
 //!   failure, without calling the handler again.
+//! - A message sent to the handler in a batch (module `calls`) is counted in flight and completes
+//!   on its own, exactly like a message sent alone, so the invariants above hold per message.
 
+mod calls;
 mod partition;
 mod retry;
 mod shutdown;
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +35,6 @@ use futures_util::{FutureExt, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, MissedTickBehavior};
-use tonic::Code;
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
@@ -46,6 +47,7 @@ use crate::message::{Message, TopicPartition};
 use crate::telemetry::Stats;
 use crate::telemetry::repeat::RepeatLimiter;
 
+use calls::{CallResult, Completion};
 use partition::{PartitionState, Revocation};
 use retry::{CommitRetry, Retries};
 pub use shutdown::ShutdownReport;
@@ -92,31 +94,6 @@ pub(crate) struct Pending {
     slot: Option<BufferSlot>,
 }
 
-/// The result of one message handed to a worker.
-enum CallResult {
-    Succeeded,
-    /// Pause-eligible failure: retry the message.
-    Unavailable(HandlerError),
-    /// Non-pausing failure with no dead-letter topic set: log and commit.
-    Rejected(HandlerError),
-    /// Non-pausing failure whose dead-letter record the broker acknowledged: commit.
-    DeadLettered(HandlerError),
-    /// Non-pausing failure whose dead-letter produce failed: retry the produce.
-    DeadLetterFailed {
-        rejection: HandlerError,
-        error: KafkaError,
-    },
-}
-
-/// A finished worker.
-struct Completion {
-    pending: Pending,
-    result: CallResult,
-    probe: bool,
-    /// Duration of the handler call alone; zero when the handler was not called.
-    elapsed: Duration,
-}
-
 /// A commit waiting for its result, with the generation of each partition at the
 /// time it was sent.
 struct CommitInFlight {
@@ -140,8 +117,9 @@ pub struct Pipeline<H, C> {
     revocations: Vec<Revocation>,
     /// Handler calls in flight, polled by the pipeline task itself: a call mostly waits on the
     /// gRPC connection, and keeping it on this task saves a task spawn and a cross-thread
-    /// wake-up per message.
-    workers: FuturesUnordered<BoxFuture<'static, Completion>>,
+    /// wake-up per message. A call yields the completions of all its messages at once.
+    workers: FuturesUnordered<BoxFuture<'static, Vec<Completion>>>,
+    /// Messages in handler calls; a batch counts each of its messages.
     in_flight: usize,
     commit_in_flight: Option<CommitInFlight>,
     commit_retry: CommitRetry,
@@ -225,7 +203,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
                     self.retries.mark_due();
                 }
                 () = tokio::time::sleep_until(revoke_at.unwrap_or(far_future)), if revoke_at.is_some() => {}
-                Some(completion) = self.workers.next(), if !self.workers.is_empty() => self.on_completion(completion),
+                Some(completions) = self.workers.next(), if !self.workers.is_empty() => self.on_call_finished(completions),
                 event = self.events.recv() => match event {
                     Some(event) => self.on_event(event),
                     None => {
@@ -420,6 +398,24 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
         }
     }
 
+    /// Applies the completions of one finished call. When the handler takes batches, it also
+    /// applies those of every other call that has already finished, without waiting, so that
+    /// the room they free goes out as one group instead of one message at a time.
+    fn on_call_finished(&mut self, completions: Vec<Completion>) {
+        self.on_completions(completions);
+        if self.handler.max_batch_len() > 1 {
+            while let Some(Some(completions)) = self.workers.next().now_or_never() {
+                self.on_completions(completions);
+            }
+        }
+    }
+
+    fn on_completions(&mut self, completions: Vec<Completion>) {
+        for completion in completions {
+            self.on_completion(completion);
+        }
+    }
+
     fn on_completion(&mut self, completion: Completion) {
         let Completion { pending, result, probe, elapsed } = completion;
         self.in_flight -= 1;
@@ -555,7 +551,19 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
     }
 
     /// Hands messages to workers up to the in-flight limit. While the gate is closed only the
-    /// retry probe goes out; while it is open, failed messages go before anything newer.
+    /// retry probe goes out; while it is open, failed messages go before anything newer, one per
+    /// call.
+    ///
+    /// When the handler takes batches, the queued messages that are dispatchable now go out in
+    /// groups of up to [`Handler::max_batch_len`], each message counted in flight. The scheduler
+    /// marks a lane busy when it pops a message, so a group never contains two messages that
+    /// the processing order keeps apart. A group takes only what is ready and never waits for
+    /// more.
+    ///
+    /// NOTE: groups grow only when several messages are dispatchable at once: after the gate
+    /// opens, or when several calls finished before the pipeline task ran again (see
+    /// [`Pipeline::on_call_finished`]). When calls finish one at a time, messages keep going out
+    /// one per call. The group sizes this gives under load have not been measured.
     fn dispatch(&mut self) {
         if self.draining {
             return;
@@ -578,60 +586,31 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             }
         }
 
+        let batch_limit = self.handler.max_batch_len().max(1);
         while self.in_flight < self.settings.max_in_flight {
-            let pending = if let Some(pending) = self.retries.take_next() {
-                pending
-            } else if let Some((_, mut pending)) = self.scheduler.pop() {
-                // Leaving the buffer frees its room for the next fetched message.
-                pending.slot = None;
-                pending
+            if let Some(pending) = self.retries.take_next() {
+                self.spawn(pending, false);
+                continue;
+            }
+
+            let room = (self.settings.max_in_flight - self.in_flight).min(batch_limit);
+            let mut group: Vec<Pending> = std::iter::from_fn(|| self.take_queued()).take(room).collect();
+            if group.len() > 1 {
+                self.spawn_group(group);
+            } else if let Some(pending) = group.pop() {
+                self.spawn(pending, false);
             } else {
                 break;
-            };
-            self.spawn(pending, false);
+            }
         }
     }
 
-    fn spawn(&mut self, mut pending: Pending, probe: bool) {
-        pending.attempt += 1;
-        if let Some(state) = self.partitions.get_mut(&pending.lane.partition)
-            && state.generation == pending.generation
-        {
-            state.in_flight += 1;
-        }
-        self.in_flight += 1;
-        self.stats.record_call_started(&pending.message.topic, pending.attempt);
-        if pending.attempt > 1 {
-            let message = &pending.message;
-            info!(
-                topic = %message.topic, partition = message.partition, offset = message.offset, trace_id = %message.trace_id,
-                attempt = pending.attempt, probe, "retrying message"
-            );
-        }
-
-        let handler = self.handler.clone();
-        let dead_letter = self.dead_letter.clone();
-        self.workers.push(Box::pin(async move {
-            let started = Instant::now();
-            let handled = match &pending.rejection {
-                Some(rejection) => Err(rejection.clone()),
-                None => call_handler(handler.as_ref(), &pending).await,
-            };
-            let elapsed = if pending.rejection.is_some() { Duration::ZERO } else { started.elapsed() };
-
-            let result = match handled {
-                Ok(()) => CallResult::Succeeded,
-                Err(error) if error.is_pause_eligible() => CallResult::Unavailable(error),
-                Err(rejection) => match &dead_letter {
-                    None => CallResult::Rejected(rejection),
-                    Some(producer) => match producer.send(&pending.message, &rejection).await {
-                        Ok(()) => CallResult::DeadLettered(rejection),
-                        Err(error) => CallResult::DeadLetterFailed { rejection, error },
-                    },
-                },
-            };
-            Completion { pending, result, probe, elapsed }
-        }));
+    /// Takes the next dispatchable message from the scheduler, if there is one. Leaving the
+    /// buffer frees its room for the next fetched message of its partition.
+    fn take_queued(&mut self) -> Option<Pending> {
+        let (_, mut pending) = self.scheduler.pop()?;
+        pending.slot = None;
+        Some(pending)
     }
 
     /// Brings one partition's Kafka pause state in line with what it should be: paused while
@@ -746,20 +725,6 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             self.stats.record_commits_healthy(false);
         }
     }
-}
-
-/// Calls the handler once; a panic inside it becomes a non-pausing failure, so that one bad
-/// message cannot take the pipeline down.
-async fn call_handler<H: Handler>(handler: &H, pending: &Pending) -> Result<(), HandlerError> {
-    let call = handler.handle(&pending.message, pending.attempt);
-    AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|panic| {
-        let text = panic
-            .downcast_ref::<&str>()
-            .map(|text| (*text).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_owned());
-        Err(HandlerError::non_pausing(Some(Code::Internal), format!("handler panicked: {text}")))
-    })
 }
 
 pub(crate) fn describe(partitions: &[TopicPartition]) -> String {

@@ -51,7 +51,7 @@ impl<H: Handler, C: KafkaControl> Pipeline<H, C> {
             tokio::select! {
                 biased;
                 () = tokio::time::sleep_until(drain_deadline) => break,
-                Some(completion) = self.workers.next() => self.on_completion(completion),
+                Some(completions) = self.workers.next() => self.on_completions(completions),
                 event = self.events.recv() => match event {
                     Some(event) => self.on_event(event),
                     None => break,

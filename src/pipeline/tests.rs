@@ -2,7 +2,7 @@
 //! on a recording [`KafkaControl`], with an in-process handler. Kafka itself is covered by the
 //! integration tests; these tests pin down retry timing, the gate and commit ordering exactly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -106,20 +106,20 @@ fn message(partition: &TopicPartition, offset: i64) -> Message {
     }
 }
 
-struct Harness {
+struct Harness<H> {
     events: mpsc::UnboundedSender<Event>,
     calls: Arc<Mutex<Vec<Call>>>,
     stats: Arc<Stats>,
-    handler: Arc<FlakyHandler>,
+    handler: Arc<H>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<super::ShutdownReport>,
 }
 
-fn start(handler: FlakyHandler, order: ProcessingOrder) -> Harness {
+fn start<H: Handler>(handler: H, order: ProcessingOrder) -> Harness<H> {
     start_with_commit_failures(handler, order, 0)
 }
 
-fn start_with_commit_failures(handler: FlakyHandler, order: ProcessingOrder, failing_commits: u32) -> Harness {
+fn start_with_commit_failures<H: Handler>(handler: H, order: ProcessingOrder, failing_commits: u32) -> Harness<H> {
     let (events, receiver) = mpsc::unbounded_channel();
     let calls = Arc::new(Mutex::new(Vec::new()));
     let stats = Arc::new(Stats::new());
@@ -283,6 +283,231 @@ async fn failed_commits_retry_and_report_health() {
 
     let calls = harness.calls.lock().unwrap().clone();
     let committed = commits(&calls);
+    assert!(committed.windows(2).all(|pair| pair[0] <= pair[1]), "{committed:?}");
+    let _ = harness.stop.send(());
+    harness.task.await.unwrap();
+}
+
+/// One message as a [`BatchingHandler`] received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Received {
+    /// Index of the batch among all batches, or `None` for a `handle` call.
+    batch: Option<usize>,
+    partition: i32,
+    key: Option<Bytes>,
+    offset: i64,
+    attempt: u32,
+}
+
+/// Takes batches of up to `max_batch_len` messages and records every message it receives, in
+/// order of receipt. Offsets in `flaky` fail pause-eligible on their first attempt; offsets in
+/// `rejected` always fail non-pausing. Every call takes 1 ms, so that calls started together
+/// finish together on virtual time.
+#[derive(Default)]
+struct BatchingHandler {
+    max_batch_len: usize,
+    flaky: HashSet<i64>,
+    rejected: HashSet<i64>,
+    received: Mutex<Vec<Received>>,
+    batches: AtomicU32,
+}
+
+impl BatchingHandler {
+    fn new(max_batch_len: usize) -> BatchingHandler {
+        BatchingHandler { max_batch_len, ..BatchingHandler::default() }
+    }
+
+    fn receive(&self, batch: Option<usize>, message: &Message, attempt: u32) {
+        let received =
+            Received { batch, partition: message.partition, key: message.key.clone(), offset: message.offset, attempt };
+        self.received.lock().unwrap().push(received);
+    }
+
+    fn outcome(&self, message: &Message, attempt: u32) -> Result<(), HandlerError> {
+        if self.rejected.contains(&message.offset) {
+            Err(HandlerError::non_pausing(Some(tonic::Code::InvalidArgument), "bad record"))
+        } else if self.flaky.contains(&message.offset) && attempt == 1 {
+            Err(HandlerError::pause_eligible(Some(tonic::Code::Unavailable), "downstream down"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Returns the messages of every batch, in batch order.
+    fn batches(&self) -> Vec<Vec<Received>> {
+        let mut batches: Vec<Vec<Received>> = Vec::new();
+        for received in self.received().into_iter().filter(|received| received.batch.is_some()) {
+            let index = received.batch.expect("filtered to batches");
+            if batches.len() <= index {
+                batches.resize(index + 1, Vec::new());
+            }
+            batches[index].push(received);
+        }
+        batches
+    }
+}
+
+impl Handler for BatchingHandler {
+    async fn handle(&self, message: &Message, attempt: u32) -> Result<(), HandlerError> {
+        self.receive(None, message, attempt);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.outcome(message, attempt)
+    }
+
+    async fn handle_batch(&self, batch: &[(&Message, u32)]) -> Vec<Result<(), HandlerError>> {
+        let index = self.batches.fetch_add(1, Ordering::SeqCst) as usize;
+        for (message, attempt) in batch {
+            self.receive(Some(index), message, *attempt);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        batch.iter().map(|(message, attempt)| self.outcome(message, *attempt)).collect()
+    }
+
+    fn max_batch_len(&self) -> usize {
+        self.max_batch_len
+    }
+}
+
+/// Builds a message of `partition` whose key is one of `keys` distinct keys.
+fn keyed_message(partition: &TopicPartition, offset: i64, keys: i64) -> Message {
+    Message { key: Some(Bytes::from(format!("key-{}", offset % keys))), ..message(partition, offset) }
+}
+
+/// The lane of a received message: its partition, and its key under key order.
+type Lane = (i32, Option<Bytes>);
+
+/// Waits until partitions 0 to `partitions - 1` of topic `t` have `offset` committed.
+async fn wait_until_all_committed<H>(harness: &Harness<H>, partitions: i32, offset: i64) {
+    let done = harness
+        .stats
+        .wait_until(Duration::from_secs(60), |s| (0..partitions).all(|n| s.committed_offset("t", n) == Some(offset)))
+        .await;
+    assert!(done.is_ok(), "{done:?}");
+}
+
+/// Checks that the handler received at least one batch and that no batch contains two
+/// messages of one lane; returns the batches.
+fn assert_batches_keep_lanes_apart(
+    handler: &BatchingHandler,
+    lane_of: impl Fn(&Received) -> Lane,
+) -> Vec<Vec<Received>> {
+    let batches = handler.batches();
+    assert!(!batches.is_empty(), "no message was sent in a batch");
+    for batch in &batches {
+        let lanes: HashSet<Lane> = batch.iter().map(&lane_of).collect();
+        assert_eq!(lanes.len(), batch.len(), "two messages of one lane in a batch: {batch:?}");
+    }
+    batches
+}
+
+/// Checks what every ordering mode promises: each message was received once on its first
+/// attempt, and each lane's messages were first received in offset order.
+fn assert_handled_once_in_lane_order(received: &[Received], lane_of: impl Fn(&Received) -> Lane) {
+    let mut first_attempts: Vec<&Received> = received.iter().filter(|received| received.attempt == 1).collect();
+    let distinct: HashSet<(i32, i64)> =
+        first_attempts.iter().map(|received| (received.partition, received.offset)).collect();
+    assert_eq!(distinct.len(), first_attempts.len(), "a message was sent twice on its first attempt: {received:?}");
+
+    let mut last_offset: HashMap<Lane, i64> = HashMap::new();
+    for received in first_attempts.drain(..) {
+        if let Some(previous) = last_offset.insert(lane_of(received), received.offset) {
+            assert!(previous < received.offset, "{received:?} came after offset {previous} of its lane");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_keep_partitions_apart() {
+    let partitions: Vec<TopicPartition> = (0..3).map(|n| TopicPartition::new("t", n)).collect();
+    let harness = start(BatchingHandler::new(2), ProcessingOrder::Partition);
+    harness.events.send(Event::Assigned { partitions: partitions.clone(), paused: false }).unwrap();
+    for partition in &partitions {
+        for offset in 0..10 {
+            harness.events.send(fetched(partition, offset)).unwrap();
+        }
+    }
+
+    wait_until_all_committed(&harness, 3, 10).await;
+
+    let partition_lane = |received: &Received| (received.partition, None);
+    for batch in assert_batches_keep_lanes_apart(&harness.handler, partition_lane) {
+        // Groups of up to the handler's two; a third ready partition goes alone.
+        assert_eq!(batch.len(), 2, "{batch:?}");
+    }
+    let received = harness.handler.received();
+    assert_eq!(received.len(), 30);
+    assert_handled_once_in_lane_order(&received, partition_lane);
+    let _ = harness.stop.send(());
+    harness.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_keep_same_keys_apart() {
+    let partitions: Vec<TopicPartition> = (0..2).map(|n| TopicPartition::new("t", n)).collect();
+    let harness = start(BatchingHandler::new(64), ProcessingOrder::Key);
+    harness.events.send(Event::Assigned { partitions: partitions.clone(), paused: false }).unwrap();
+    for offset in 0..12 {
+        for partition in &partitions {
+            harness
+                .events
+                .send(Event::Fetched(vec![Fetched { message: keyed_message(partition, offset, 3), slot: None }]))
+                .unwrap();
+        }
+    }
+
+    wait_until_all_committed(&harness, 2, 12).await;
+
+    let key_lane = |received: &Received| (received.partition, received.key.clone());
+    for batch in assert_batches_keep_lanes_apart(&harness.handler, key_lane) {
+        // The pipeline's in-flight limit is 8.
+        assert!(batch.len() <= 8, "batch of {} messages: {batch:?}", batch.len());
+    }
+    let received = harness.handler.received();
+    assert_eq!(received.len(), 24);
+    assert_handled_once_in_lane_order(&received, key_lane);
+    let _ = harness.stop.send(());
+    harness.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_failures_settle_per_message() {
+    let partition = TopicPartition::new("t", 0);
+    // The first eight messages fill the in-flight limit one call each as they arrive. Offsets 8
+    // to 11 wait, and they go out together once those calls finish.
+    let handler = BatchingHandler {
+        flaky: [9].into_iter().collect(),
+        rejected: [10].into_iter().collect(),
+        ..BatchingHandler::new(64)
+    };
+    let harness = start(handler, ProcessingOrder::Unordered);
+    harness.events.send(Event::Assigned { partitions: vec![partition.clone()], paused: false }).unwrap();
+    for offset in 0..12 {
+        harness.events.send(fetched(&partition, offset)).unwrap();
+    }
+
+    let done = harness.stats.wait_until(Duration::from_secs(60), |s| s.committed_offset("t", 0) == Some(12)).await;
+    let snapshot = done.expect("every offset is committed");
+    assert_eq!(snapshot.pause_eligible, 1);
+    assert_eq!(snapshot.non_pausing, 1);
+    assert_eq!(snapshot.succeeded, 11);
+
+    let received = harness.handler.received();
+    let calls_for = |offset: i64| -> Vec<&Received> { received.iter().filter(|r| r.offset == offset).collect() };
+    let flaky = calls_for(9);
+    assert_eq!(flaky.len(), 2, "{flaky:?}");
+    assert!(flaky[0].batch.is_some(), "offset 9 was not sent in a batch: {flaky:?}");
+    assert_eq!((flaky[1].batch, flaky[1].attempt), (None, 2), "the retry is a call of its own");
+    let rejected = calls_for(10);
+    assert_eq!(rejected.len(), 1, "the rejected message was sent again: {rejected:?}");
+    assert!(rejected[0].batch.is_some(), "offset 10 was not sent in a batch: {rejected:?}");
+
+    let committed = commits(&harness.calls.lock().unwrap());
+    let past_failure = committed.iter().position(|offset| *offset > 9).expect("a commit past offset 9");
+    assert!(committed[..past_failure].iter().all(|offset| *offset <= 9), "{committed:?}");
     assert!(committed.windows(2).all(|pair| pair[0] <= pair[1]), "{committed:?}");
     let _ = harness.stop.send(());
     harness.task.await.unwrap();

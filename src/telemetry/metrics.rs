@@ -60,6 +60,11 @@ fn new_latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 17))
 }
 
+fn new_batch_histogram() -> Histogram {
+    // 2 to 8,192 messages in 13 doubling buckets; `SCC_HANDLER_BATCH_MAX` is at most 10,000.
+    Histogram::new(exponential_buckets(2.0, 2.0, 13))
+}
+
 /// The metric families and the registry that exposes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -68,6 +73,7 @@ pub struct Metrics {
     handler_latency: Family<TopicLabels, Histogram, fn() -> Histogram>,
     retry_attempts: Family<TopicLabels, Counter>,
     in_flight: Gauge,
+    batch_messages: Histogram,
     gate_open: Gauge,
     gate_closed_seconds: Counter<f64, AtomicU64>,
     committed_offset: Family<PartitionLabels, Gauge>,
@@ -92,6 +98,7 @@ impl Metrics {
             Family::<TopicLabels, Histogram, fn() -> Histogram>::new_with_constructor(new_latency_histogram);
         let retry_attempts = Family::<TopicLabels, Counter>::default();
         let in_flight = Gauge::default();
+        let batch_messages = new_batch_histogram();
         let gate_open = Gauge::default();
         let gate_closed_seconds = Counter::<f64, AtomicU64>::default();
         let committed_offset = Family::<PartitionLabels, Gauge>::default();
@@ -112,7 +119,12 @@ impl Metrics {
             handler_latency.clone(),
         );
         registry.register("retry_attempts", "Handler calls that retried a message", retry_attempts.clone());
-        registry.register("in_flight", "Handler calls in flight", in_flight.clone());
+        registry.register("in_flight", "Messages in handler calls in flight", in_flight.clone());
+        registry.register(
+            "batch_messages",
+            "Messages per batch the pipeline handed to the handler in one call (batches of two or more)",
+            batch_messages.clone(),
+        );
         registry.register("gate_open", "1 while the gate is open, 0 while it is closed", gate_open.clone());
         registry.register(
             "gate_closed_seconds",
@@ -145,6 +157,7 @@ impl Metrics {
             handler_latency,
             retry_attempts,
             in_flight,
+            batch_messages,
             gate_open,
             gate_closed_seconds,
             committed_offset,
@@ -183,6 +196,10 @@ impl Metrics {
 
     pub(crate) fn call_ended(&self) {
         self.in_flight.dec();
+    }
+
+    pub(crate) fn batch_started(&self, messages: usize) {
+        self.batch_messages.observe(messages as f64);
     }
 
     pub(crate) fn gate_changed(&self, open: bool, closed_for: Option<Duration>) {
@@ -241,6 +258,17 @@ mod tests {
         assert!(text.contains(r#"scc_committed_offset{topic="orders",partition="2"} 41"#), "{text}");
         assert!(text.contains("scc_handler_latency_seconds_bucket"), "{text}");
         assert!(text.contains("scc_gate_open 1"), "{text}");
+    }
+
+    #[test]
+    fn batch_sizes_fill_the_histogram() {
+        let metrics = Metrics::new();
+        metrics.batch_started(3);
+        metrics.batch_started(64);
+        let text = metrics.encode();
+        assert!(text.contains("scc_batch_messages_count 2"), "{text}");
+        assert!(text.contains("scc_batch_messages_sum 67.0"), "{text}");
+        assert!(text.contains(r#"scc_batch_messages_bucket{le="4.0"} 1"#), "{text}");
     }
 
     #[test]

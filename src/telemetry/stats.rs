@@ -208,6 +208,11 @@ impl Stats {
         self.metrics.call_ended();
     }
 
+    /// Records one handler call that carries a batch of `messages` messages.
+    pub(crate) fn record_batch_started(&self, messages: usize) {
+        self.metrics.batch_started(messages);
+    }
+
     pub(crate) fn record_lag(&self, topic: &str, partition: i32, lag: i64) {
         self.metrics.lag(topic, partition, lag);
     }

@@ -10,12 +10,13 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, join_all};
 use kafka_scc::proto::message_handler_server::{MessageHandler, MessageHandlerServer};
-use kafka_scc::proto::{HandleRequest, HandleResponse};
+use kafka_scc::proto::{HandleBatchRequest, HandleBatchResponse, HandleRequest, HandleResponse, RecordResult};
 use kafka_scc::{Config, ConfigError, GrpcHandler, Handler, RunError, Sidecar, Stats, Summary};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -337,6 +338,9 @@ pub struct ReceivedCall {
     pub traceparent: Option<String>,
     /// When the server received the call.
     pub received_at: Instant,
+    /// The HandleBatch call that carried the record, numbered from 0 in arrival order; `None`
+    /// for a Handle call.
+    pub batch: Option<usize>,
 }
 
 /// The behaviour of a [`RecordingHandler`] for one call. Its future may wait before it returns
@@ -345,11 +349,17 @@ pub type Behaviour = Arc<dyn Fn(HandleRequest) -> BoxFuture<'static, Result<(), 
 
 /// A real gRPC `MessageHandler` that records every call when it arrives, with its metadata,
 /// and then responds through an asynchronous behaviour that may wait, sleep or fail.
+///
+/// HandleBatch returns UNIMPLEMENTED, as a handler without it does, unless the handler was made
+/// with [`RecordingHandler::serving_batches`].
 #[derive(Clone)]
 pub struct RecordingHandler {
     calls: Arc<Mutex<Vec<ReceivedCall>>>,
     behaviour: Behaviour,
     changed: Arc<Notify>,
+    serves_batches: bool,
+    /// HandleBatch calls received, including those that returned UNIMPLEMENTED.
+    batch_calls: Arc<AtomicUsize>,
 }
 
 impl RecordingHandler {
@@ -362,7 +372,21 @@ impl RecordingHandler {
             calls: Arc::default(),
             behaviour: Arc::new(move |request| Box::pin(behaviour(request))),
             changed: Arc::new(Notify::new()),
+            serves_batches: false,
+            batch_calls: Arc::default(),
         }
+    }
+
+    /// Serves HandleBatch too: every record of a batch is recorded and goes through the
+    /// behaviour, concurrently, and its status becomes the record's result.
+    pub fn serving_batches(mut self) -> RecordingHandler {
+        self.serves_batches = true;
+        self
+    }
+
+    /// Returns how many HandleBatch calls arrived, including those that returned UNIMPLEMENTED.
+    pub fn batch_calls(&self) -> usize {
+        self.batch_calls.load(Ordering::SeqCst)
     }
 
     /// Returns every call received so far, in arrival order.
@@ -412,9 +436,38 @@ impl MessageHandler for RecordingHandler {
             request: body.clone(),
             traceparent,
             received_at: Instant::now(),
+            batch: None,
         });
         self.changed.notify_waiters();
         (self.behaviour)(body).await.map(|()| Response::new(HandleResponse {}))
+    }
+
+    async fn handle_batch(
+        &self,
+        request: Request<HandleBatchRequest>,
+    ) -> Result<Response<HandleBatchResponse>, Status> {
+        let index = self.batch_calls.fetch_add(1, Ordering::SeqCst);
+        if !self.serves_batches {
+            return Err(Status::unimplemented("this test handler does not serve HandleBatch"));
+        }
+        let records = request.into_inner().records;
+        {
+            let mut calls = self.calls.lock().unwrap();
+            let received_at = Instant::now();
+            for record in &records {
+                calls.push(ReceivedCall {
+                    request: record.clone(),
+                    traceparent: None,
+                    received_at,
+                    batch: Some(index),
+                });
+            }
+        }
+        self.changed.notify_waiters();
+
+        let statuses = join_all(records.into_iter().map(|record| (self.behaviour)(record))).await;
+        let results = statuses.into_iter().map(RecordResult::from).collect();
+        Ok(Response::new(HandleBatchResponse { results }))
     }
 }
 
