@@ -56,11 +56,11 @@ struct Variant {
     judged: bool,
 }
 
-/// The defaults are judged. Two diagnostic variants show what each bound prevents: the first
+/// The defaults are judged. Two diagnostic variants show what each bound prevents. The first
 /// restores librdkafka's own prefetch bounds per partition (65,536 KiB, and a 1,000 ms wait
 /// before a full queue is fetched again) in place of the ones kafka-scc derives from
-/// `SCC_MAX_IN_FLIGHT`; the second lifts kafka-scc's buffer bound, so the pipeline takes
-/// every record librdkafka delivers.
+/// `SCC_MAX_IN_FLIGHT`. The second lifts kafka-scc's buffer bound, so the pipeline takes every
+/// record librdkafka delivers.
 const VARIANTS: [Variant; 3] = [
     Variant { name: "defaults", vars: &[], judged: true },
     Variant {

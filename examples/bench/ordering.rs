@@ -33,10 +33,6 @@ const VALUE_SIZE: usize = 100;
 /// because `std::thread::sleep` returned 70-100 µs late on average on the machine of
 /// BENCHMARKS.md, which would add about 0.8 s over 10,000 serial calls.
 const PARTITION_ORDER_SPIN_US: u64 = 250;
-/// The partition buffer of the diagnostic run: larger than the partition, so the buffer bound
-/// never holds records back.
-const UNBOUNDED_BUFFER: &str = "100000";
-
 pub struct Params {
     pub messages: u64,
     pub max_sleep_us: u64,
@@ -119,22 +115,22 @@ pub async fn run(params: &Params) -> Result<(Vec<Row>, Value), String> {
             details.insert(order.to_owned(), run.to_json(bound, readme(order)));
         }
 
-        // Diagnostic: key order with a partition buffer that never fills. The difference to the
-        // default run is the cost of the buffer bound.
-        let vars = [("SCC_PROCESSING_ORDER", "key"), ("SCC_PARTITION_BUFFER", UNBOUNDED_BUFFER)];
-        let run = run_order(&broker, &mut handler, &ends, "key-unbounded", &vars, params).await?;
+        // Diagnostic: key order with one Handle call per record. A HandleBatch call returns when
+        // its slowest record is done, so with sleeps of 0 to 5 ms batches can cost time.
+        let vars = [("SCC_PROCESSING_ORDER", "key"), ("SCC_HANDLER_BATCH_MAX", "1")];
+        let run = run_order(&broker, &mut handler, &ends, "key-unary", &vars, params).await?;
         let in_flight = run_in_flight(&broker, &handler)?;
         let bound = sleep_sum / in_flight as u32;
         rows.push(
             Row::new(
                 STAGE,
-                format!("key order, SCC_PARTITION_BUFFER={UNBOUNDED_BUFFER} (no buffer bound)"),
+                "key order, unary calls only (SCC_HANDLER_BATCH_MAX=1)",
                 run.handled.as_secs_f64(),
                 Unit::Seconds,
             )
             .limit(format!("sum of sleeps / {in_flight}"), bound.as_secs_f64()),
         );
-        details.insert("key_never_pausing".to_owned(), run.to_json(bound, None));
+        details.insert("key_unary".to_owned(), run.to_json(bound, None));
     }
 
     // Partition order: one call at a time, so every round trip adds to the wall time.

@@ -1,9 +1,10 @@
 //! Throughput with a no-op handler: (a) plain rdkafka consumption, (b) plain tonic calls at
 //! kafka-scc's concurrency, (c) kafka-scc end to end, all on the same topic and machine.
 //!
-//! Two diagnostic runs split (c): kafka-scc with an in-process no-op handler (Kafka and the
-//! pipeline without gRPC) and kafka-scc's own `GrpcHandler` driven without Kafka. A third
-//! repeats (c) with a partition buffer so large that the buffer bound never holds records back.
+//! The handler implements HandleBatch, so (c) sends records in batches. A second run of (c)
+//! sends every record with its own Handle call (`SCC_HANDLER_BATCH_MAX=1`). Two diagnostic
+//! runs split (c): kafka-scc with an in-process no-op handler (Kafka and the pipeline without
+//! gRPC) and kafka-scc's own `GrpcHandler` driven without Kafka.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,9 +31,6 @@ const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
 /// ([`crate::support::MOCK_PARTITION_BYTES`]), but LZ4 stores it in a fraction of that. Both (a) and
 /// (c) pay for the decompression, which librdkafka does on its broker thread.
 const COMPRESSION: &str = "lz4";
-/// The partition buffer of the diagnostic run: above the 25,000 records per partition, so the
-/// buffer bound never holds records back.
-const UNBOUNDED_BUFFER: &str = "1000000";
 /// Calls made before timing (b) and the GrpcHandler run, so that connecting and the first
 /// allocations are not timed.
 const WARM_UP_CALLS: u64 = 2_000;
@@ -112,7 +110,7 @@ pub async fn run(params: &Params) -> Result<(Vec<Row>, Value), String> {
     let mut grpc_handler = Vec::new();
     let mut pipeline_only = Vec::new();
     let mut end_to_end = Vec::new();
-    let mut unbounded = Vec::new();
+    let mut unary = Vec::new();
     for round in 0..params.rounds {
         let config = sidecar_config(&broker.bootstrap, TOPIC, &format!("bench-plain-{round}"), &endpoint, &[])?;
         let run = tokio::task::spawn_blocking({
@@ -163,11 +161,11 @@ pub async fn run(params: &Params) -> Result<(Vec<Row>, Value), String> {
         end_to_end.push(run);
 
         handler.reset()?;
-        let vars = [("SCC_PARTITION_BUFFER", UNBOUNDED_BUFFER)];
-        let config = sidecar_config(&broker.bootstrap, TOPIC, &format!("bench-unbounded-{round}"), &endpoint, &vars)?;
+        let vars = [("SCC_HANDLER_BATCH_MAX", "1")];
+        let config = sidecar_config(&broker.bootstrap, TOPIC, &format!("bench-unary-{round}"), &endpoint, &vars)?;
         let run = run_sidecar(config.clone(), grpc_handler_for(&config)?, &ends, Some(handler.pid())).await?;
-        eprintln!("[bench] throughput: (c) kafka-scc, buffer unbounded {:.0} msg/s handled", run.handled.rate(n));
-        unbounded.push(run);
+        eprintln!("[bench] throughput: (c) kafka-scc, unary calls only {:.0} msg/s handled", run.handled.rate(n));
+        unary.push(run);
     }
 
     let best = |runs: &[Run]| runs.iter().min_by_key(|run| run.elapsed).expect("at least one round").clone();
@@ -178,7 +176,7 @@ pub async fn run(params: &Params) -> Result<(Vec<Row>, Value), String> {
     let b2 = best(&grpc_handler);
     let c0 = best_sidecar(&pipeline_only);
     let c = best_sidecar(&end_to_end);
-    let c_unbounded = best_sidecar(&unbounded);
+    let c_unary = best_sidecar(&unary);
 
     let rate_a = a.rate(n);
     let rate_b = b.rate(n);
@@ -204,11 +202,18 @@ pub async fn run(params: &Params) -> Result<(Vec<Row>, Value), String> {
             .limit("1 / (1/a + 1/b)", shared_cpu_bound),
         Row::new(
             STAGE,
-            format!("(c) handled, SCC_PARTITION_BUFFER={UNBOUNDED_BUFFER} (no buffer bound)"),
-            c_unbounded.handled.rate(n),
+            "(c) committed, unary calls only (SCC_HANDLER_BATCH_MAX=1)",
+            n as f64 / c_unary.committed.as_secs_f64(),
             Unit::MessagesPerSecond,
         )
         .limit("min(a, b)", floor),
+        Row::new(
+            STAGE,
+            "CPU per message, (c) unary calls only, both processes",
+            c_unary.handled.cpu_per_message_us(n),
+            Unit::Microseconds,
+        )
+        .limit("a + b", a.cpu_per_message_us(n) + b.cpu_per_message_us(n)),
         Row::new(STAGE, "kafka-scc, in-process no-op handler (no gRPC)", c0.handled.rate(n), Unit::MessagesPerSecond)
             .limit("a", rate_a),
         Row::new(
@@ -263,7 +268,7 @@ pub async fn run(params: &Params) -> Result<(Vec<Row>, Value), String> {
         "grpc_handler_alone": grpc_handler.iter().map(|run| run.to_json(n)).collect::<Vec<_>>(),
         "kafka_scc_noop_in_process": sidecar_json(&pipeline_only),
         "c_kafka_scc": sidecar_json(&end_to_end),
-        "c_kafka_scc_unbounded": sidecar_json(&unbounded),
+        "c_kafka_scc_unary": sidecar_json(&unary),
     });
     print_thread_cpu("(c) kafka-scc", &c.threads_ms);
     print_thread_cpu("kafka-scc, in-process no-op handler", &c0.threads_ms);
