@@ -3,13 +3,13 @@
 //! committed, a pause-eligible one is retried alone until it succeeds), commits stay in offset
 //! order, and a handler without HandleBatch gets every record through Handle.
 //!
-//! The handler delays its responses in stages, so the test knows which records travel together:
-//! 1. Records 0 to 9 (ten keys, ten messages in flight at most) go out and are held until all
-//!    40 records are fetched and queued. They travel as one HandleBatch call when the handler
-//!    implements it, and as ten Handle calls otherwise.
-//! 2. Record 0 fails UNAVAILABLE, and the gate closes. Records 1 to 9 succeed (in the same
-//!    answer when batched, afterwards otherwise), but while the gate is closed only the retry
-//!    probe of record 0 goes out.
+//! The handler delays its responses in stages, so that the test controls which records travel
+//! together:
+//! 1. Record 0 is produced and goes out alone. Then the other 39 are produced, and records 1 to
+//!    9 (ten keys, ten messages in flight at most) go out. All are held until the 40 records
+//!    are fetched and queued.
+//! 2. Record 0 fails UNAVAILABLE, and the gate closes. Records 1 to 9 then succeed, but while
+//!    the gate is closed only the retry probe of record 0 goes out.
 //! 3. The probe succeeds, the gate opens with the whole in-flight limit free, and the ten
 //!    queued records at the heads of their key lanes, 10 to 19, go out as one group.
 //! 4. Within that group record 12 fails UNAVAILABLE and record 15 INVALID_ARGUMENT. Record 12's
@@ -79,13 +79,15 @@ struct Outcome {
 
 /// Runs the staged scenario against `handler`, built by [`staged_handler`], and checks the
 /// commits on the way.
-async fn run_scenario(handler: RecordingHandler, stage: watch::Sender<u8>, batched: bool) -> Outcome {
+async fn run_scenario(handler: RecordingHandler, stage: watch::Sender<u8>) -> Outcome {
     init_logs();
     let broker = Broker::start();
     let topic = unique("batches");
     let group = unique("group");
     broker.create_topic(&topic, 1);
-    broker.produce(keyed_records(&topic, 0, RECORDS, KEYS)).await;
+    let mut records = keyed_records(&topic, 0, RECORDS, KEYS);
+    let later = records.split_off(1);
+    broker.produce(records).await;
 
     let server = HandlerServer::start(handler.clone()).await;
     let config = config(
@@ -97,24 +99,20 @@ async fn run_scenario(handler: RecordingHandler, stage: watch::Sender<u8>, batch
     );
     let sidecar = RunningSidecar::spawn(Sidecar::new(config.clone(), grpc_handler(&config)));
     let stats = sidecar.stats.clone();
+    // Record 0 goes out alone, so that its failure does not wait for other records' results.
+    let alone = handler.wait_for_calls(WAIT, |calls| !calls.is_empty()).await;
+    assert!(alone.is_ok(), "record {HELD} did not reach the handler: {alone:?}");
+    broker.produce(later).await;
 
     let fetched = stats.wait_until(WAIT, |s| s.fetched == RECORDS as u64).await;
     assert!(fetched.is_ok(), "not every record was fetched: {fetched:?}");
     let first = handler.wait_for_calls(WAIT, |calls| calls.len() >= KEYS).await;
     assert!(first.is_ok(), "the first records did not reach the handler: {first:?}");
 
-    if batched {
-        // One answer carries records 0 to 9, so record 0 can only fail once 1 to 9 are done.
-        stage.send_replace(2);
-    } else {
-        // Record 0 fails first, so that the gate is closed when 1 to 9 free their keys.
-        stage.send_replace(1);
-        let closed = stats.wait_until(WAIT, |s| s.gate_closures >= 1).await;
-        assert!(closed.is_ok(), "the gate did not close: {closed:?}");
-        stage.send_replace(2);
-    }
+    stage.send_replace(1);
     let closed = stats.wait_until(WAIT, |s| s.gate_closures >= 1).await;
     assert!(closed.is_ok(), "the gate did not close: {closed:?}");
+    stage.send_replace(2);
     let finished = stats.wait_until(WAIT, |s| s.succeeded == KEYS as u64 - 1).await;
     assert!(finished.is_ok(), "records 1 to 9 did not finish: {finished:?}");
     stage.send_replace(3);
@@ -187,7 +185,7 @@ fn assert_each_record_handled_once(calls: &[ReceivedCall]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_records_settle_one_by_one() {
     let (handler, stage) = staged_handler(true);
-    let Outcome { calls, handler, summary } = run_scenario(handler, stage, true).await;
+    let Outcome { calls, handler, summary } = run_scenario(handler, stage).await;
 
     assert_each_record_handled_once(&calls);
     let by_offset = calls_by_offset(&calls);
@@ -207,7 +205,7 @@ async fn batch_records_settle_one_by_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_without_batches_gets_handle_calls() {
     let (handler, stage) = staged_handler(false);
-    let Outcome { calls, handler, summary } = run_scenario(handler, stage, false).await;
+    let Outcome { calls, handler, summary } = run_scenario(handler, stage).await;
 
     assert_each_record_handled_once(&calls);
     assert!(calls.iter().all(|call| call.batch.is_none()), "a record arrived in a HandleBatch call");

@@ -218,6 +218,14 @@ class MessageHandler(handler_pb2_grpc.MessageHandlerServicer):
             context.abort(code, details)
         return handler_pb2.HandleResponse()
 
+    def HandleBatch(self, request, context):
+        # This handler takes one record per call. Returning UNIMPLEMENTED here, rather than
+        # through the generated servicer's exception, keeps grpcio from logging a traceback
+        # when kafka-scc probes at start-up whether batches are served.
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details("this handler serves Handle only")
+        return handler_pb2.HandleBatchResponse()
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Example kafka-scc MessageHandler in Python.")

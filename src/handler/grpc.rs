@@ -300,7 +300,7 @@ impl GrpcHandler {
 }
 
 impl Handler for GrpcHandler {
-    /// Waits for the health service to report SERVING, then asks whether the handler
+    /// Waits for the health service to report SERVING, then probes whether the handler
     /// implements HandleBatch.
     async fn wait_until_ready(&self, timeout: Duration) -> Readiness {
         let readiness = self.wait_until_serving(timeout).await;

@@ -79,6 +79,11 @@ impl<H: Handler> Handler for TopicRouter<H> {
         }
     }
 
+    /// Splits the batch by route and calls each route's handler with its share.
+    ///
+    /// NOTE: the batch's results all return together, so when only some routes take batches,
+    /// a route that sends its share as separate Handle calls still waits for the slowest call of
+    /// the batch. Per-record results would need a streaming batch interface.
     async fn handle_batch(&self, batch: &[(&Message, u32)]) -> Vec<Result<(), HandlerError>> {
         // The positions in `batch` of each handler's messages.
         let mut positions: Vec<Vec<usize>> = vec![Vec::new(); self.handlers.len()];

@@ -216,9 +216,12 @@ impl PollLoop {
         for change in changes {
             match change {
                 QueueChange::Split { partition, mut queue } => {
+                    // An earlier reader of the partition shares the same librdkafka queue, and
+                    // dropping it removes the queue's callback, so it goes before the new one
+                    // installs its own.
+                    self.partitions.retain(|reader| reader.partition != partition);
                     let wakeup = self.wakeup.clone();
                     queue.set_nonempty_callback(move || wakeup.wake());
-                    self.partitions.retain(|reader| reader.partition != partition);
                     let room = PartitionRoom::new(self.buffer_limit, self.wakeup.clone());
                     self.partitions.push(PartitionReader { partition, queue, room });
                 }

@@ -135,7 +135,7 @@ impl GrpcHandler {
 
     /// Asks the handler, with one HandleBatch call that carries no records, whether it
     /// implements the method. Learning it before the first real batch means that no batch of
-    /// records waits on a fallback. Any answer but UNIMPLEMENTED leaves batching on, and the
+    /// records waits on a fallback. Any response but UNIMPLEMENTED leaves batching on, and the
     /// first real batch decides.
     pub(super) async fn probe_handle_batch(&self) {
         if self.batch_max < 2 || self.batch_unsupported.load(Ordering::Relaxed) {
@@ -150,7 +150,7 @@ impl GrpcHandler {
             Ok(Err(status)) => {
                 debug!(endpoint = %self.endpoint, %status, "the HandleBatch probe failed; the first batch decides")
             }
-            Err(_) => debug!(endpoint = %self.endpoint, "no answer to the HandleBatch probe; the first batch decides"),
+            Err(_) => debug!(endpoint = %self.endpoint, "the HandleBatch probe timed out; the first batch decides"),
         }
     }
 
