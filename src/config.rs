@@ -168,12 +168,12 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// Builds the error. `expected` is put on one line, because librdkafka's own messages can
+    /// span several and the error is printed as a single line.
     fn new(variable: &str, value: &str, expected: impl Into<String>) -> Self {
-        ConfigError {
-            variable: variable.to_owned(),
-            value: redacted(variable, value).to_owned(),
-            expected: expected.into(),
-        }
+        let expected: String = expected.into();
+        let expected = expected.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join(" ");
+        ConfigError { variable: variable.to_owned(), value: redacted(variable, value).to_owned(), expected }
     }
 }
 
@@ -347,10 +347,10 @@ impl Config {
         config
     }
 
-    /// librdkafka's prefetch bound per partition, in KiB: 16 KiB per handler call the
+    /// Returns librdkafka's prefetch bound per partition, in KiB: 16 KiB per message the
     /// in-flight limit allows, between 1 MiB and 64 MiB. The pipeline's own buffer
-    /// (`SCC_PARTITION_BUFFER` records) keeps the handler busy; this queue only has to cover
-    /// the next fetch, whose need grows with the rate the handler is called at.
+    /// (`SCC_PARTITION_BUFFER` records) keeps the handler busy. This queue only has to cover
+    /// the next fetch, and that need grows with the rate the handler is called at.
     pub fn prefetch_kbytes(&self) -> usize {
         (self.max_in_flight * 16).clamp(1024, 65_536)
     }
@@ -410,6 +410,15 @@ impl Config {
         }
         if let Some(topic) = &self.dead_letter_topic {
             line.push_str(&format!(" dlq_topic={topic} dlq_timeout_ms={}", self.dead_letter_timeout.as_millis()));
+        }
+        // The prefetch bounds kafka-scc sets itself, unless the properties above override them.
+        let consumer = self.consumer_config();
+        for name in ["queued.max.messages.kbytes", "fetch.queue.backoff.ms"] {
+            if !self.kafka_properties.contains_key(name)
+                && let Some(value) = consumer.get(name)
+            {
+                line.push_str(&format!(" {name}={value}"));
+            }
         }
         line
     }
@@ -667,6 +676,13 @@ mod tests {
         let consumer = config.consumer_config();
         assert_eq!(consumer.get("auto.offset.reset"), Some("latest"));
         assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+    }
+
+    #[test]
+    fn librdkafka_rejection_is_one_line() {
+        let error = config(&[("KAFKA_CFG_FETCH_QUEUE_BACKOFF_MS", "-5")]).unwrap_err();
+        assert_eq!(error.variable, "KAFKA_CFG_FETCH_QUEUE_BACKOFF_MS");
+        assert!(!error.to_string().contains('\n'), "{error}");
     }
 
     #[test]

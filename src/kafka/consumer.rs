@@ -182,8 +182,8 @@ impl PollLoop {
     }
 
     /// Serves the main queue until it is empty, or for at most [`EVENTS_PER_TURN`] events so
-    /// that a flood of log lines cannot hold up the partitions' records. Returns whether it contained anything, or
-    /// `None` when the pipeline is gone.
+    /// that a flood of log lines cannot hold up the partitions' records. Returns whether it
+    /// contained anything, or `None` when the pipeline is gone.
     fn serve_main_queue(&mut self) -> Option<bool> {
         let mut served = false;
         for _ in 0..EVENTS_PER_TURN {

@@ -145,7 +145,10 @@ impl GrpcHandler {
         let mut request = tonic::Request::new(HandleBatchRequest { records: Vec::new() });
         request.set_timeout(PROBE_TIMEOUT);
         match tokio::time::timeout(PROBE_TIMEOUT, client.handle_batch(request)).await {
-            Ok(Ok(_)) => debug!(endpoint = %self.endpoint, "the handler implements HandleBatch"),
+            Ok(Ok(_)) => info!(
+                endpoint = %self.endpoint, batch_max = self.batch_max,
+                "the handler implements HandleBatch; records that are ready together go in one call"
+            ),
             Ok(Err(status)) if means_no_handle_batch(&status) => self.stop_batching(&status),
             Ok(Err(status)) => {
                 debug!(endpoint = %self.endpoint, %status, "the HandleBatch probe failed; the first batch decides")
@@ -167,7 +170,7 @@ impl GrpcHandler {
 
 /// Returns true when the handler itself returned UNIMPLEMENTED, which for HandleBatch means
 /// that it does not implement the method. A status that tonic built from a local transport
-/// error says nothing about the handler.
+/// error tells nothing about the handler.
 fn means_no_handle_batch(status: &Status) -> bool {
     status.code() == Code::Unimplemented && !is_transport_failure(status)
 }
