@@ -9,7 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Default stubs give every RPC of the generated server trait a body that returns
     // UNIMPLEMENTED. So a Rust handler that implements only Handle keeps compiling when an
     // optional RPC such as HandleBatch is added, and kafka-scc reads that status as "not
-    // supported". The price: a server that forgets Handle also compiles.
+    // supported". The cost: a server that does not implement Handle also compiles, and
+    // answers UNIMPLEMENTED for it.
     tonic_prost_build::configure()
         .bytes(".scc.handler.v1")
         .generate_default_stubs(true)

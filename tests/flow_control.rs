@@ -28,15 +28,15 @@ const QUIET_PERIOD: Duration = Duration::from_secs(1);
 /// events. Records are kept, with their slots, per partition.
 async fn receive_until(
     events: &mut UnboundedReceiver<Event>,
-    kept: &mut BTreeMap<i32, Vec<Fetched>>,
+    in_buffer: &mut BTreeMap<i32, Vec<Fetched>>,
     done: impl Fn(&BTreeMap<i32, Vec<Fetched>>) -> bool,
 ) {
     let received = tokio::time::timeout(WAIT, async {
-        while !done(kept) {
+        while !done(in_buffer) {
             match events.recv().await.expect("the poll thread runs") {
                 Event::Fetched(records) => {
                     for record in records {
-                        kept.entry(record.message.partition).or_default().push(record);
+                        in_buffer.entry(record.message.partition).or_default().push(record);
                     }
                 }
                 Event::Revoked { .. } => panic!("no rebalance is expected after the assignment"),
@@ -45,8 +45,9 @@ async fn receive_until(
         }
     })
     .await;
-    let counts: BTreeMap<i32, usize> = kept.iter().map(|(partition, records)| (*partition, records.len())).collect();
-    assert!(received.is_ok(), "records never arrived as expected; kept per partition: {counts:?}");
+    let counts: BTreeMap<i32, usize> =
+        in_buffer.iter().map(|(partition, records)| (*partition, records.len())).collect();
+    assert!(received.is_ok(), "records never arrived as expected; in_buffer per partition: {counts:?}");
 }
 
 /// Returns the records that arrived within [`QUIET_PERIOD`].
@@ -78,30 +79,30 @@ async fn full_buffer_stops_its_partition() {
         KafkaConsumer::start(&config, Arc::new(Stats::new())).expect("consumer starts");
 
     // Both partitions fill their buffer, and nothing more arrives while the slots are kept.
-    let mut kept = BTreeMap::new();
-    receive_until(&mut events, &mut kept, |kept| {
-        (0..PARTITIONS).all(|partition| kept.get(&partition).is_some_and(|records| records.len() >= BUFFER))
+    let mut in_buffer = BTreeMap::new();
+    receive_until(&mut events, &mut in_buffer, |in_buffer| {
+        (0..PARTITIONS).all(|partition| in_buffer.get(&partition).is_some_and(|records| records.len() >= BUFFER))
     })
     .await;
     let extra = arrivals_within_quiet_period(&mut events).await;
     assert!(extra.is_empty(), "records arrived beyond the buffer of {BUFFER}: {extra:?}");
-    for (partition, records) in &kept {
+    for (partition, records) in &in_buffer {
         assert_eq!(records.len(), BUFFER, "partition {partition} holds more than its buffer");
     }
 
     // Freeing half of partition 0's room lets its records flow again, and only its records.
-    let freed: Vec<Fetched> = kept.get_mut(&0).expect("partition 0 kept").drain(..BUFFER / 2).collect();
+    let freed: Vec<Fetched> = in_buffer.get_mut(&0).expect("partition 0 in_buffer").drain(..BUFFER / 2).collect();
     let mut delivered: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
     delivered.insert(0, freed.iter().map(|record| record.message.offset).collect());
     drop(freed);
-    receive_until(&mut events, &mut kept, |kept| kept[&0].len() == BUFFER).await;
+    receive_until(&mut events, &mut in_buffer, |in_buffer| in_buffer[&0].len() == BUFFER).await;
     let extra = arrivals_within_quiet_period(&mut events).await;
     assert!(extra.is_empty(), "records arrived beyond the buffer after freeing half of it: {extra:?}");
-    assert_eq!(kept[&1].len(), BUFFER, "partition 1 took records although its room was never freed");
+    assert_eq!(in_buffer[&1].len(), BUFFER, "partition 1 took records although its room was never freed");
 
     // Freeing every record as it arrives delivers the rest of both partitions, in offset
     // order and without gaps.
-    for (partition, records) in std::mem::take(&mut kept) {
+    for (partition, records) in std::mem::take(&mut in_buffer) {
         delivered.entry(partition).or_default().extend(records.iter().map(|record| record.message.offset));
     }
     let finished = tokio::time::timeout(WAIT, async {

@@ -128,8 +128,8 @@ async fn eager_join_leave_loses_nothing() {
     join_and_leave("range", 10, Variant::default()).await;
 }
 
-/// With a buffer of two records per partition and a backlog, the poll thread holds most
-/// records back in librdkafka's queues while partitions move between the members; none may be
+/// With a buffer of two records per partition and a backlog, the poll thread keeps most
+/// records back in librdkafka's queues while partitions move between the members. None may be
 /// lost or skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_buffers_lose_nothing_across_rebalances() {

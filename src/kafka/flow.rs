@@ -51,7 +51,7 @@ impl PollWakeup {
 #[derive(Debug)]
 pub(crate) struct PartitionRoom {
     /// Records handed to the pipeline whose slot is not dropped yet.
-    taken: AtomicUsize,
+    in_pipeline: AtomicUsize,
     /// `SCC_PARTITION_BUFFER`.
     limit: usize,
     wakeup: Arc<PollWakeup>,
@@ -59,22 +59,22 @@ pub(crate) struct PartitionRoom {
 
 impl PartitionRoom {
     pub(crate) fn new(limit: usize, wakeup: Arc<PollWakeup>) -> Arc<PartitionRoom> {
-        Arc::new(PartitionRoom { taken: AtomicUsize::new(0), limit: limit.max(1), wakeup })
+        Arc::new(PartitionRoom { in_pipeline: AtomicUsize::new(0), limit: limit.max(1), wakeup })
     }
 
     /// Returns how many more records the pipeline may take now.
     pub(crate) fn available(&self) -> usize {
-        self.limit.saturating_sub(self.taken.load(Ordering::Acquire))
+        self.limit.saturating_sub(self.in_pipeline.load(Ordering::Acquire))
     }
 
     /// Takes room for one record; the room is freed when the returned slot is dropped.
     pub(crate) fn take(self: &Arc<Self>) -> BufferSlot {
-        self.taken.fetch_add(1, Ordering::AcqRel);
+        self.in_pipeline.fetch_add(1, Ordering::AcqRel);
         BufferSlot { room: self.clone() }
     }
 
     fn free(&self) {
-        let before = self.taken.fetch_sub(1, Ordering::AcqRel);
+        let before = self.in_pipeline.fetch_sub(1, Ordering::AcqRel);
         // Waking at half the limit, rather than on every freed slot, lets the poll thread take
         // a run of records at once instead of one record per wake-up.
         if before == self.limit / 2 + 1 {

@@ -21,7 +21,7 @@ use crate::handler::{Handler, HandlerError};
 use crate::kafka::{DeadLetterProducer, KafkaControl};
 use crate::message::Message;
 
-/// The result of one message handed to a worker.
+/// The outcome of one message's handler call.
 pub(super) enum CallResult {
     Succeeded,
     /// Pause-eligible failure: retry the message.

@@ -87,7 +87,7 @@ impl Handler for FlakyHandler {
     }
 }
 
-/// One fetched message, outside any buffer bound.
+/// Builds the event of one fetched message, outside any buffer bound.
 fn fetched(partition: &TopicPartition, offset: i64) -> Event {
     Event::Fetched(vec![Fetched { message: message(partition, offset), slot: None }])
 }

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use futures_util::future::join_all;
 use prost::Message as _;
 use tonic::{Code, Status};
-use tracing::{debug, info};
+use tracing::{info, warn};
 
 use super::GrpcHandler;
 
@@ -150,10 +150,14 @@ impl GrpcHandler {
                 "the handler implements HandleBatch; records that are ready together go in one call"
             ),
             Ok(Err(status)) if means_no_handle_batch(&status) => self.stop_batching(&status),
-            Ok(Err(status)) => {
-                debug!(endpoint = %self.endpoint, %status, "the HandleBatch probe failed; the first batch decides")
-            }
-            Err(_) => debug!(endpoint = %self.endpoint, "the HandleBatch probe timed out; the first batch decides"),
+            Ok(Err(status)) => warn!(
+                endpoint = %self.endpoint, %status,
+                "the HandleBatch probe failed; batching stays on until a batch call returns UNIMPLEMENTED"
+            ),
+            Err(_) => warn!(
+                endpoint = %self.endpoint, timeout_ms = PROBE_TIMEOUT.as_millis() as u64,
+                "the HandleBatch probe timed out; batching stays on until a batch call returns UNIMPLEMENTED"
+            ),
         }
     }
 
@@ -170,7 +174,7 @@ impl GrpcHandler {
 
 /// Returns true when the handler itself returned UNIMPLEMENTED, which for HandleBatch means
 /// that it does not implement the method. A status that tonic built from a local transport
-/// error tells nothing about the handler.
+/// error does not come from the handler, so it proves nothing.
 fn means_no_handle_batch(status: &Status) -> bool {
     status.code() == Code::Unimplemented && !is_transport_failure(status)
 }
