@@ -122,6 +122,9 @@ pub struct Config {
     /// `SCC_HANDLER_BATCH_MAX`: the maximum number of records in one HandleBatch call, 1 to
     /// 10,000; 1 sends every message with Handle.
     pub handler_batch_max: usize,
+    /// `SCC_HANDLER_STREAM`: `auto` sends records on one HandleStream stream when the handler
+    /// implements it; `off` never opens one.
+    pub handler_stream: bool,
     /// `SCC_HANDLER_READY_TIMEOUT_MS`: how long start-up waits for the handler's health service
     /// to report SERVING before consuming anyway.
     pub handler_ready_timeout: Duration,
@@ -224,6 +227,11 @@ impl Config {
         let handler_timeout = env.millis("SCC_HANDLER_TIMEOUT_MS", 30_000, 1, 3_600_000)?;
         let handler_batch_max =
             env.integer("SCC_HANDLER_BATCH_MAX", DEFAULT_HANDLER_BATCH_MAX as u64, 1, 10_000)? as usize;
+        let handler_stream = match env.get("SCC_HANDLER_STREAM").unwrap_or("auto") {
+            "auto" => true,
+            "off" => false,
+            other => return Err(ConfigError::new("SCC_HANDLER_STREAM", other, "expected auto or off")),
+        };
         let handler_ready_timeout = env.millis("SCC_HANDLER_READY_TIMEOUT_MS", 30_000, 0, 3_600_000)?;
         let shutdown_timeout = env.millis("SCC_SHUTDOWN_TIMEOUT_MS", 25_000, 100, 3_600_000)?;
         let commit_interval = env.millis("SCC_COMMIT_INTERVAL_MS", 500, 1, 600_000)?;
@@ -261,6 +269,7 @@ impl Config {
             backoff_max,
             handler_timeout,
             handler_batch_max,
+            handler_stream,
             handler_ready_timeout,
             shutdown_timeout,
             commit_interval,
@@ -384,7 +393,8 @@ impl Config {
         };
         let mut line = format!(
             "brokers={} group_id={} topics={} handler={} max_in_flight={} order={} pause_codes={} \
-             backoff_base_ms={} backoff_max_ms={} handler_timeout_ms={} handler_batch_max={} shutdown_timeout_ms={} \
+             backoff_base_ms={} backoff_max_ms={} handler_timeout_ms={} handler_batch_max={} handler_stream={} \
+             shutdown_timeout_ms={} \
              commit_interval_ms={} commit_unhealthy_after_ms={} revoke_timeout_ms={} partition_buffer={} http_addr={}",
             self.brokers,
             self.group_id,
@@ -397,6 +407,7 @@ impl Config {
             self.backoff_max.as_millis(),
             self.handler_timeout.as_millis(),
             self.handler_batch_max,
+            if self.handler_stream { "auto" } else { "off" },
             self.shutdown_timeout.as_millis(),
             self.commit_interval.as_millis(),
             self.commit_unhealthy_after.as_millis(),
@@ -611,6 +622,7 @@ mod tests {
         assert_eq!(config.backoff_max, Duration::from_millis(10_000));
         assert_eq!(config.pause_codes.len(), DEFAULT_PAUSE_CODES.len());
         assert_eq!(config.handler_batch_max, 64);
+        assert!(config.handler_stream);
     }
 
     #[test]
@@ -633,6 +645,7 @@ mod tests {
             ("SCC_HANDLER_BATCH_MAX", "0"),
             ("SCC_HANDLER_BATCH_MAX", "10001"),
             ("SCC_HANDLER_BATCH_MAX", "many"),
+            ("SCC_HANDLER_STREAM", "on"),
             ("SCC_LOG_FORMAT", "xml"),
             ("SCC_HTTP_ADDR", "localhost"),
             ("HANDLER_ENDPOINT", "127.0.0.1:50051"),
@@ -660,6 +673,14 @@ mod tests {
         assert_eq!(config(&[("SCC_HANDLER_BATCH_MAX", "10000")]).unwrap().handler_batch_max, 10_000);
         let error = config(&[("SCC_HANDLER_BATCH_MAX", "0")]).unwrap_err();
         assert_eq!(error.expected, "expected a whole number from 1 to 10000");
+    }
+
+    #[test]
+    fn stream_accepts_auto_and_off() {
+        assert!(config(&[("SCC_HANDLER_STREAM", "auto")]).unwrap().handler_stream);
+        assert!(!config(&[("SCC_HANDLER_STREAM", "off")]).unwrap().handler_stream);
+        let error = config(&[("SCC_HANDLER_STREAM", "false")]).unwrap_err();
+        assert_eq!(error.expected, "expected auto or off");
     }
 
     #[test]

@@ -153,6 +153,25 @@ pub async fn plain_serial_round_trip(endpoint: &str, calls: u64, value_size: usi
     Ok(started.elapsed() / calls as u32)
 }
 
+/// Returns the mean round trip of `calls` messages sent one at a time through kafka-scc's
+/// `GrpcHandler`, after a warm-up of a tenth as many: on the HandleStream stream when the
+/// handler implements it.
+pub async fn grpc_handler_serial_round_trip(
+    handler: &GrpcHandler,
+    calls: u64,
+    value_size: usize,
+) -> Result<Duration, String> {
+    let message = sample_message(value_size);
+    let mut started = Instant::now();
+    for n in 0..(calls + calls / 10) {
+        if n == calls / 10 {
+            started = Instant::now();
+        }
+        handler.handle(&message, 1).await.map_err(|error| format!("a GrpcHandler call failed: {error}"))?;
+    }
+    Ok(started.elapsed() / calls as u32)
+}
+
 async fn join_all(mut workers: JoinSet<Result<(), String>>) -> Result<(), String> {
     while let Some(joined) = workers.join_next().await {
         joined.map_err(|error| format!("a call task failed: {error}"))??;

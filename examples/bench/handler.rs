@@ -17,12 +17,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
 use kafka_scc::proto::message_handler_server::{MessageHandler, MessageHandlerServer};
-use kafka_scc::proto::{HandleBatchRequest, HandleBatchResponse, HandleRequest, HandleResponse, RecordResult};
+use kafka_scc::proto::{
+    HandleBatchRequest, HandleBatchResponse, HandleRequest, HandleResponse, RecordResult, StreamRequest, StreamResponse,
+};
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::codegen::BoxStream;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::support::{now_micros, sleep_micros};
 
@@ -30,8 +37,8 @@ use crate::support::{now_micros, sleep_micros};
 /// decimal ASCII; the handler subtracts it from its own clock on receipt.
 pub const PRODUCED_AT_HEADER: &str = "bench-produced-us";
 
-/// The handler's behaviour for each record, whether it comes in a Handle call or a HandleBatch
-/// call.
+/// The handler's behaviour for each record, whether it comes in a Handle call, a HandleBatch call
+/// or on a HandleStream stream.
 #[derive(clap::Args, Clone, Debug)]
 pub struct HandlerArgs {
     /// Sleep a seeded uniform 0..=MAX microseconds per message, drawn from the seed, the
@@ -60,7 +67,8 @@ impl HandlerArgs {
 /// The child's counters, as sent to the parent.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct HandlerReport {
-    /// Records handled: one per Handle call, and one per record of a HandleBatch call.
+    /// Records handled: one per Handle call, and one per record of a HandleBatch call or of a
+    /// HandleStream stream.
     pub calls: u64,
     /// Sum of the sleeps drawn, in microseconds.
     pub sleep_requested_us: u64,
@@ -100,6 +108,7 @@ impl Counters {
     }
 }
 
+#[derive(Clone)]
 struct BenchHandler {
     args: HandlerArgs,
     counters: Arc<Counters>,
@@ -167,6 +176,54 @@ impl MessageHandler for BenchHandler {
         let records = request.into_inner().records;
         join_all(records.iter().map(|record| self.handle_record(record, received_us))).await;
         Ok(Response::new(HandleBatchResponse { results: vec![RecordResult::default(); records.len()] }))
+    }
+
+    /// Handles the records of the stream concurrently and answers each as soon as it is done.
+    async fn handle_stream(
+        &self,
+        request: Request<Streaming<StreamRequest>>,
+    ) -> Result<Response<BoxStream<StreamResponse>>, Status> {
+        let (responses, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(self.clone().serve_stream(request.into_inner(), responses));
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(receiver))))
+    }
+}
+
+impl BenchHandler {
+    /// Reads the stream's records and runs them on one task, in a `FuturesUnordered`, so a
+    /// record costs no task of its own. Returns when kafka-scc closes its side and every record
+    /// read has been answered.
+    async fn serve_stream(
+        self,
+        mut requests: Streaming<StreamRequest>,
+        responses: mpsc::UnboundedSender<Result<StreamResponse, Status>>,
+    ) {
+        let mut running = FuturesUnordered::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                next = requests.next(), if open => match next {
+                    Some(Ok(request)) => {
+                        let received_us = now_micros();
+                        let handler = &self;
+                        running.push(async move {
+                            if let Some(record) = &request.record {
+                                handler.handle_record(record, received_us).await;
+                            }
+                            request.id
+                        });
+                    }
+                    Some(Err(_)) | None => open = false,
+                },
+                Some(id) = running.next() => {
+                    let response = StreamResponse { id, result: Some(RecordResult::default()) };
+                    if responses.send(Ok(response)).is_err() {
+                        return;
+                    }
+                }
+                else => return,
+            }
+        }
     }
 }
 

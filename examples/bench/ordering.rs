@@ -16,7 +16,7 @@ use std::time::Duration;
 use kafka_scc::Config;
 use serde_json::{Value, json};
 
-use crate::calls::{grpc_handler_for, plain_serial_round_trip};
+use crate::calls::{grpc_handler_for, grpc_handler_serial_round_trip, plain_serial_round_trip};
 use crate::handler::{HandlerArgs, HandlerProcess};
 use crate::report::{Row, Unit};
 use crate::support::{
@@ -115,29 +115,47 @@ pub async fn run(params: &Params) -> Result<(Vec<Row>, Value), String> {
             details.insert(order.to_owned(), run.to_json(bound, readme(order)));
         }
 
-        // Diagnostic: key order with one Handle call per record. A HandleBatch call returns when
-        // its slowest record is done, so with sleeps of 0 to 5 ms batches can cost time.
-        let vars = [("SCC_PROCESSING_ORDER", "key"), ("SCC_HANDLER_BATCH_MAX", "1")];
-        let run = run_order(&broker, &mut handler, &ends, "key-unary", &vars, params).await?;
-        let in_flight = run_in_flight(&broker, &handler)?;
-        let bound = sleep_sum / in_flight as u32;
-        rows.push(
-            Row::new(
-                STAGE,
-                "key order, unary calls only (SCC_HANDLER_BATCH_MAX=1)",
-                run.handled.as_secs_f64(),
-                Unit::Seconds,
-            )
-            .limit(format!("sum of sleeps / {in_flight}"), bound.as_secs_f64()),
-        );
-        details.insert("key_unary".to_owned(), run.to_json(bound, None));
+        // Diagnostics: key order without the stream, in HandleBatch calls and in one Handle call
+        // per record. A HandleBatch call returns when its slowest record is done, so with sleeps
+        // of 0 to 5 ms batches can cost time.
+        let without_stream: [(&str, &str, &[(&str, &str)]); 2] = [
+            (
+                "key-batch",
+                "key order, HandleBatch calls (SCC_HANDLER_STREAM=off)",
+                &[("SCC_PROCESSING_ORDER", "key"), ("SCC_HANDLER_STREAM", "off")],
+            ),
+            (
+                "key-unary",
+                "key order, unary calls only (also SCC_HANDLER_BATCH_MAX=1)",
+                &[("SCC_PROCESSING_ORDER", "key"), ("SCC_HANDLER_STREAM", "off"), ("SCC_HANDLER_BATCH_MAX", "1")],
+            ),
+        ];
+        for (name, figure, vars) in without_stream {
+            let run = run_order(&broker, &mut handler, &ends, name, vars, params).await?;
+            let in_flight = run_in_flight(&broker, &handler)?;
+            let bound = sleep_sum / in_flight as u32;
+            rows.push(
+                Row::new(STAGE, figure, run.handled.as_secs_f64(), Unit::Seconds)
+                    .limit(format!("sum of sleeps / {in_flight}"), bound.as_secs_f64()),
+            );
+            details.insert(name.replace('-', "_"), run.to_json(bound, None));
+        }
     }
 
     // Partition order: one call at a time, so every round trip adds to the wall time.
-    let round_trip = {
+    let (round_trip, stream_round_trip) = {
         let handler = HandlerProcess::spawn(&HandlerArgs::no_op())?;
-        plain_serial_round_trip(handler.endpoint(), 2_000, VALUE_SIZE).await?
+        let plain = plain_serial_round_trip(handler.endpoint(), 2_000, VALUE_SIZE).await?;
+        let config = sidecar_config(&broker.bootstrap, TOPIC, "round-trip", handler.endpoint(), &[])?;
+        let grpc = grpc_handler_for(&config)?;
+        let stream = grpc_handler_serial_round_trip(&grpc, 2_000, VALUE_SIZE).await?;
+        (plain, stream)
     };
+    eprintln!(
+        "[bench] ordering: serial round trip {:.1} µs plain unary, {:.1} µs GrpcHandler",
+        round_trip.as_secs_f64() * 1e6,
+        stream_round_trip.as_secs_f64() * 1e6
+    );
     {
         let precise = HandlerArgs { spin_us: Some(PARTITION_ORDER_SPIN_US), ..sleeping.clone() };
         let mut handler = HandlerProcess::spawn(&precise)?;
@@ -160,9 +178,14 @@ pub async fn run(params: &Params) -> Result<(Vec<Row>, Value), String> {
             Row::new(STAGE, "partition order, time per message beyond the sleep", beyond_sleep_us, Unit::Microseconds)
                 .limit("plain tonic round trip, 1 in flight", round_trip.as_secs_f64() * 1e6),
         );
+        rows.push(
+            Row::new(STAGE, "partition order, time per message beyond the sleep", beyond_sleep_us, Unit::Microseconds)
+                .limit("GrpcHandler round trip on the stream, 1 in flight", stream_round_trip.as_secs_f64() * 1e6),
+        );
         let mut json = run.to_json(sleep_sum, readme("partition"));
         if let Some(object) = json.as_object_mut() {
             object.insert("plain_round_trip_us".to_owned(), (round_trip.as_secs_f64() * 1e6).into());
+            object.insert("grpc_handler_round_trip_us".to_owned(), (stream_round_trip.as_secs_f64() * 1e6).into());
             object.insert("handler_spin_us".to_owned(), PARTITION_ORDER_SPIN_US.into());
         }
         details.insert("partition".to_owned(), json);

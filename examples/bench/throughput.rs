@@ -1,10 +1,12 @@
 //! Throughput with a no-op handler: (a) plain rdkafka consumption, (b) plain tonic calls at
 //! kafka-scc's concurrency, (c) kafka-scc end to end, all on the same topic and machine.
 //!
-//! The handler implements HandleBatch, so (c) sends records in batches. A second run of (c)
-//! sends every record with its own Handle call (`SCC_HANDLER_BATCH_MAX=1`). Two diagnostic
-//! runs split (c): kafka-scc with an in-process no-op handler (Kafka and the pipeline without
-//! gRPC) and kafka-scc's own `GrpcHandler` driven without Kafka.
+//! The handler implements HandleStream and HandleBatch, so (c) sends records on one stream, as
+//! kafka-scc does by default. Two more runs of (c) turn the stream off
+//! (`SCC_HANDLER_STREAM=off`): one sends records in HandleBatch calls, one sends every record
+//! with its own Handle call (`SCC_HANDLER_BATCH_MAX=1` too). Two diagnostic runs split (c):
+//! kafka-scc with an in-process no-op handler (Kafka and the pipeline without gRPC) and
+//! kafka-scc's own `GrpcHandler` driven without Kafka.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -110,6 +112,7 @@ pub async fn run(params: &Params) -> Result<(Vec<Row>, Value), String> {
     let mut grpc_handler = Vec::new();
     let mut pipeline_only = Vec::new();
     let mut end_to_end = Vec::new();
+    let mut batches = Vec::new();
     let mut unary = Vec::new();
     for round in 0..params.rounds {
         let config = sidecar_config(&broker.bootstrap, TOPIC, &format!("bench-plain-{round}"), &endpoint, &[])?;
@@ -161,7 +164,14 @@ pub async fn run(params: &Params) -> Result<(Vec<Row>, Value), String> {
         end_to_end.push(run);
 
         handler.reset()?;
-        let vars = [("SCC_HANDLER_BATCH_MAX", "1")];
+        let vars = [("SCC_HANDLER_STREAM", "off")];
+        let config = sidecar_config(&broker.bootstrap, TOPIC, &format!("bench-batch-{round}"), &endpoint, &vars)?;
+        let run = run_sidecar(config.clone(), grpc_handler_for(&config)?, &ends, Some(handler.pid())).await?;
+        eprintln!("[bench] throughput: (c) kafka-scc, HandleBatch calls {:.0} msg/s handled", run.handled.rate(n));
+        batches.push(run);
+
+        handler.reset()?;
+        let vars = [("SCC_HANDLER_STREAM", "off"), ("SCC_HANDLER_BATCH_MAX", "1")];
         let config = sidecar_config(&broker.bootstrap, TOPIC, &format!("bench-unary-{round}"), &endpoint, &vars)?;
         let run = run_sidecar(config.clone(), grpc_handler_for(&config)?, &ends, Some(handler.pid())).await?;
         eprintln!("[bench] throughput: (c) kafka-scc, unary calls only {:.0} msg/s handled", run.handled.rate(n));
@@ -176,6 +186,7 @@ pub async fn run(params: &Params) -> Result<(Vec<Row>, Value), String> {
     let b2 = best(&grpc_handler);
     let c0 = best_sidecar(&pipeline_only);
     let c = best_sidecar(&end_to_end);
+    let c_batches = best_sidecar(&batches);
     let c_unary = best_sidecar(&unary);
 
     let rate_a = a.rate(n);
@@ -202,7 +213,21 @@ pub async fn run(params: &Params) -> Result<(Vec<Row>, Value), String> {
             .limit("1 / (1/a + 1/b)", shared_cpu_bound),
         Row::new(
             STAGE,
-            "(c) committed, unary calls only (SCC_HANDLER_BATCH_MAX=1)",
+            "(c) committed, HandleBatch calls (SCC_HANDLER_STREAM=off)",
+            n as f64 / c_batches.committed.as_secs_f64(),
+            Unit::MessagesPerSecond,
+        )
+        .limit("min(a, b)", floor),
+        Row::new(
+            STAGE,
+            "CPU per message, (c) HandleBatch calls, both processes",
+            c_batches.handled.cpu_per_message_us(n),
+            Unit::Microseconds,
+        )
+        .limit("a + b", a.cpu_per_message_us(n) + b.cpu_per_message_us(n)),
+        Row::new(
+            STAGE,
+            "(c) committed, unary calls only (also SCC_HANDLER_BATCH_MAX=1)",
             n as f64 / c_unary.committed.as_secs_f64(),
             Unit::MessagesPerSecond,
         )
@@ -218,7 +243,7 @@ pub async fn run(params: &Params) -> Result<(Vec<Row>, Value), String> {
             .limit("a", rate_a),
         Row::new(
             STAGE,
-            format!("kafka-scc GrpcHandler alone, {in_flight} in flight"),
+            format!("kafka-scc GrpcHandler alone (HandleStream), {in_flight} in flight"),
             b2.rate(n),
             Unit::MessagesPerSecond,
         )
@@ -268,6 +293,7 @@ pub async fn run(params: &Params) -> Result<(Vec<Row>, Value), String> {
         "grpc_handler_alone": grpc_handler.iter().map(|run| run.to_json(n)).collect::<Vec<_>>(),
         "kafka_scc_noop_in_process": sidecar_json(&pipeline_only),
         "c_kafka_scc": sidecar_json(&end_to_end),
+        "c_kafka_scc_batches": sidecar_json(&batches),
         "c_kafka_scc_unary": sidecar_json(&unary),
     });
     print_thread_cpu("(c) kafka-scc", &c.threads_ms);

@@ -9,8 +9,10 @@
 //! | any other 4xx                             | INVALID_ARGUMENT   | logs and commits          |
 //! | anything else (1xx, unfollowed 3xx)       | INTERNAL           | logs and commits          |
 //!
-//! It implements HandleBatch too: it posts a batch's records concurrently, one POST each, and
-//! returns each record's status as its result code.
+//! It implements HandleStream and HandleBatch too. On the stream it posts each record as it
+//! arrives, on a task of its own, and answers each as soon as its POST is done. A batch's
+//! records are posted concurrently, one POST each. Either way each record's status becomes its
+//! result code.
 //!
 //! Shared by the `handler_server` example and `quickstart`.
 #![allow(dead_code)]
@@ -24,13 +26,17 @@ use futures_util::future::join_all;
 use kafka_scc::handler::classify::code_name;
 use kafka_scc::message::traceparent_for;
 use kafka_scc::proto::message_handler_server::{MessageHandler, MessageHandlerServer};
-use kafka_scc::proto::{HandleBatchRequest, HandleBatchResponse, HandleRequest, HandleResponse, RecordResult};
+use kafka_scc::proto::{
+    HandleBatchRequest, HandleBatchResponse, HandleRequest, HandleResponse, RecordResult, StreamRequest, StreamResponse,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tonic::{Request, Response, Status};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
 /// Counters of one [`SinkForwarder`], shared by its clones.
@@ -176,6 +182,36 @@ impl MessageHandler for SinkForwarder {
         });
         let results = join_all(forwards).await.into_iter().map(RecordResult::from).collect();
         Ok(Response::new(HandleBatchResponse { results }))
+    }
+
+    /// Forwards each record of the stream on its own task and answers it when its POST is done,
+    /// so a slow POST holds back no other record. The response stream ends once kafka-scc has
+    /// closed its side and every record read has been answered.
+    async fn handle_stream(
+        &self,
+        request: Request<Streaming<StreamRequest>>,
+    ) -> Result<Response<BoxStream<StreamResponse>>, Status> {
+        let mut requests = request.into_inner();
+        let (responses, receiver) = mpsc::unbounded_channel();
+        let forwarder = self.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(request)) = requests.message().await {
+                let (forwarder, responses) = (forwarder.clone(), responses.clone());
+                tokio::spawn(async move {
+                    let result = match &request.record {
+                        Some(record) => {
+                            let traceparent = (!record.trace_id.is_empty()).then(|| traceparent_for(&record.trace_id));
+                            forwarder.forward_record(record, traceparent.as_deref()).await
+                        }
+                        None => Err(Status::invalid_argument("the stream request carries no record")),
+                    };
+                    let response = StreamResponse { id: request.id, result: Some(RecordResult::from(result)) };
+                    // The send fails only when kafka-scc has gone, and then no one waits for it.
+                    let _ = responses.send(Ok(response));
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(receiver))))
     }
 }
 

@@ -226,6 +226,13 @@ class MessageHandler(handler_pb2_grpc.MessageHandlerServicer):
         context.set_details("this handler serves Handle only")
         return handler_pb2.HandleBatchResponse()
 
+    def HandleStream(self, request_iterator, context):
+        # The same for the optional stream, which kafka-scc opens at start-up to learn whether
+        # the handler takes records on one long-lived stream.
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details("this handler serves Handle only")
+        return iter(())
+
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Example kafka-scc MessageHandler in Python.")

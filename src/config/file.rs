@@ -34,6 +34,7 @@ pub const SETTING_KEYS: &[(&str, &str)] = &[
     ("handler.pause_codes", "SCC_PAUSE_CODES"),
     ("handler.max_message_bytes", "SCC_HANDLER_MAX_MESSAGE_BYTES"),
     ("handler.batch_max", "SCC_HANDLER_BATCH_MAX"),
+    ("handler.stream", "SCC_HANDLER_STREAM"),
     ("handler.tls_ca", "HANDLER_TLS_CA"),
     ("handler.tls_cert", "HANDLER_TLS_CERT"),
     ("handler.tls_key", "HANDLER_TLS_KEY"),
@@ -176,6 +177,7 @@ fn collect_settings(document: &Document, out: &mut Collector<'_>) {
     out.add("SCC_PAUSE_CODES", &document.handler.pause_codes);
     out.add("SCC_HANDLER_MAX_MESSAGE_BYTES", &document.handler.max_message_bytes);
     out.add("SCC_HANDLER_BATCH_MAX", &document.handler.batch_max);
+    out.add("SCC_HANDLER_STREAM", &document.handler.stream);
     out.add("HANDLER_TLS_CA", &document.handler.tls_ca);
     out.add("HANDLER_TLS_CERT", &document.handler.tls_cert);
     out.add("HANDLER_TLS_KEY", &document.handler.tls_key);

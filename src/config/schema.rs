@@ -63,6 +63,7 @@ pub(super) struct HandlerSection {
     pub(super) pause_codes: Field<TextList>,
     pub(super) max_message_bytes: Field<WholeNumber>,
     pub(super) batch_max: Field<WholeNumber>,
+    pub(super) stream: Field<String>,
     pub(super) tls_ca: Field<String>,
     pub(super) tls_cert: Field<String>,
     pub(super) tls_key: Field<String>,

@@ -1,15 +1,21 @@
-//! The gRPC implementation of [`Handler`]: one `MessageHandler.Handle` call per message, or one
-//! `HandleBatch` call per group of messages (module `batch`), over a shared HTTP/2 channel.
+//! The gRPC implementation of [`Handler`]: each message goes on one long-lived `HandleStream`
+//! stream (module `stream`) when the handler implements it, else in one `HandleBatch` call per
+//! group of messages (module `batch`) when it implements that, else in one `Handle` call per
+//! message, all over a shared HTTP/2 channel.
 //!
 //! The channel connects lazily and reconnects by itself, so a handler that starts after
 //! kafka-scc, or restarts, is picked up without restarting the sidecar; until then every call
 //! fails as a transport error, which is pause-eligible. The same is true over TLS and over a Unix
 //! domain socket: [`GrpcHandler::new`] is the one place that builds the channel.
 //!
-//! Every call, unary or batch, goes through `GrpcHandler::call`, so the deadline and the
-//! classification of a failed call are the same for both.
+//! Every unary or batch call goes through `GrpcHandler::call`, so the deadline and the
+//! classification of a failed call are the same for both. A record on the stream has the same
+//! deadline, and its result code is classified the same way.
 
 mod batch;
+mod stream;
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;
 
@@ -27,7 +33,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tracing::debug;
 
-use super::classify::{CallFailure, classify};
+use super::classify::{CallFailure, classify, is_transport_failure};
 use super::{Handler, HandlerError, Readiness};
 use crate::config::{
     Config, ConfigError, DEFAULT_HANDLER_BATCH_MAX, HandlerAddress, HandlerTls, HandlerTransport,
@@ -64,6 +70,9 @@ pub struct GrpcHandler {
     /// Set when HandleBatch first returns UNIMPLEMENTED. Clones share it, because they call the
     /// same server.
     batch_unsupported: Arc<AtomicBool>,
+    /// Whether the handler takes records on a HandleStream stream, and the open stream. Clones
+    /// share it, because they call the same server.
+    stream: Arc<stream::StreamLink>,
     /// The endpoint, for log lines.
     endpoint: String,
 }
@@ -87,7 +96,7 @@ impl GrpcHandler {
             config.handler_timeout,
             config.pause_codes.clone(),
         )
-        .map(|handler| handler.with_batch_max(config.handler_batch_max))
+        .map(|handler| handler.with_batch_max(config.handler_batch_max).with_stream(config.handler_stream))
         .map_err(|error| ConfigError {
             variable: variable.to_owned(),
             value: endpoint.to_owned(),
@@ -102,7 +111,8 @@ impl GrpcHandler {
     /// `timeout` is kafka-scc's own deadline for each call; it is also sent to the handler as
     /// the gRPC deadline. `pause_codes` are the handler codes that close the gate. Batches
     /// hold up to [`DEFAULT_HANDLER_BATCH_MAX`] records; [`GrpcHandler::with_batch_max`]
-    /// changes that.
+    /// changes that. Records go on a HandleStream stream when the handler implements it;
+    /// [`GrpcHandler::with_stream`] turns that off.
     pub fn new(
         address: &HandlerAddress,
         transport: &HandlerTransport,
@@ -139,6 +149,7 @@ impl GrpcHandler {
             max_message_bytes: limit,
             batch_max: DEFAULT_HANDLER_BATCH_MAX,
             batch_unsupported: Arc::default(),
+            stream: Arc::new(stream::StreamLink::new(true)),
             endpoint: address.to_string(),
         })
     }
@@ -147,6 +158,13 @@ impl GrpcHandler {
     /// sends every message with Handle, and 0 counts as 1.
     pub fn with_batch_max(mut self, batch_max: usize) -> GrpcHandler {
         self.batch_max = batch_max.max(1);
+        self
+    }
+
+    /// Turns the HandleStream stream on (`SCC_HANDLER_STREAM=auto`, the default: used when the
+    /// handler implements it) or off.
+    pub fn with_stream(mut self, enabled: bool) -> GrpcHandler {
+        self.stream = Arc::new(stream::StreamLink::new(enabled));
         self
     }
 
@@ -301,16 +319,47 @@ impl GrpcHandler {
 
 impl Handler for GrpcHandler {
     /// Waits for the health service to report SERVING, then probes whether the handler
-    /// implements HandleBatch.
+    /// implements HandleStream and, when it does not, HandleBatch.
     async fn wait_until_ready(&self, timeout: Duration) -> Readiness {
         let readiness = self.wait_until_serving(timeout).await;
         if !matches!(readiness, Readiness::TimedOut(_)) {
-            self.probe_handle_batch().await;
+            self.probe_handle_stream().await;
+            if !self.stream.usable() {
+                self.probe_handle_batch().await;
+            }
         }
         readiness
     }
 
+    /// Sends the message on the HandleStream stream, or as a Handle call when the handler does
+    /// not implement HandleStream.
     async fn handle(&self, message: &Message, attempt: u32) -> Result<(), HandlerError> {
+        if self.stream.usable()
+            && let Some(result) = self.handle_on_stream(message, attempt).await
+        {
+            return result;
+        }
+        self.handle_unary(message, attempt).await
+    }
+
+    /// Sends the batch as HandleBatch calls, or as Handle calls once the handler has returned
+    /// UNIMPLEMENTED for HandleBatch; see module `batch`. While the stream is in use, each
+    /// message goes on it instead.
+    async fn handle_batch(&self, batch: &[(&Message, u32)]) -> Vec<Result<(), HandlerError>> {
+        self.send_batch(batch).await
+    }
+
+    /// Returns 1 while the stream is in use or once the handler has returned UNIMPLEMENTED for
+    /// HandleBatch, and `SCC_HANDLER_BATCH_MAX` otherwise. Records on the stream gain nothing
+    /// from a batch, and one record's wait would hold back the others.
+    fn max_batch_len(&self) -> usize {
+        if self.stream.usable() || self.batch_unsupported.load(Ordering::Relaxed) { 1 } else { self.batch_max }
+    }
+}
+
+impl GrpcHandler {
+    /// Makes one Handle call.
+    async fn handle_unary(&self, message: &Message, attempt: u32) -> Result<(), HandlerError> {
         let request = self.request(message, attempt);
         let size = request.get_ref().encoded_len();
         if size > self.max_message_bytes {
@@ -328,18 +377,13 @@ impl Handler for GrpcHandler {
             Err(failure) => Err(classify(&failure, &self.pause_codes)),
         }
     }
+}
 
-    /// Sends the batch as HandleBatch calls, or as Handle calls once the handler has returned
-    /// UNIMPLEMENTED for HandleBatch; see module `batch`.
-    async fn handle_batch(&self, batch: &[(&Message, u32)]) -> Vec<Result<(), HandlerError>> {
-        self.send_batch(batch).await
-    }
-
-    /// Returns `SCC_HANDLER_BATCH_MAX`, or 1 once the handler has returned UNIMPLEMENTED for
-    /// HandleBatch.
-    fn max_batch_len(&self) -> usize {
-        if self.batch_unsupported.load(Ordering::Relaxed) { 1 } else { self.batch_max }
-    }
+/// Returns true when the handler itself returned UNIMPLEMENTED, which for an optional method
+/// means that it does not implement the method. A status that tonic built from a local
+/// transport error does not come from the handler, so it proves nothing.
+fn means_unimplemented(status: &tonic::Status) -> bool {
+    status.code() == Code::Unimplemented && !is_transport_failure(status)
 }
 
 /// Returns true for the codes that servers respond with when a deadline expires:

@@ -18,14 +18,14 @@ use std::sync::atomic::Ordering;
 
 use futures_util::future::join_all;
 use prost::Message as _;
-use tonic::{Code, Status};
+use tonic::Status;
 use tracing::{info, warn};
 
-use super::GrpcHandler;
+use super::{GrpcHandler, means_unimplemented};
 
 /// How long the start-up HandleBatch probe may take.
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-use crate::handler::classify::{CallFailure, classify, is_transport_failure};
+use crate::handler::classify::{CallFailure, classify};
 use crate::handler::{HandlerError, handle_each};
 use crate::message::Message;
 use crate::proto::{HandleBatchRequest, HandleRequest, RecordResult};
@@ -53,10 +53,12 @@ impl Piece {
 
 impl GrpcHandler {
     /// Sends `batch` as HandleBatch calls, split by [`split_batch`] and run concurrently, and
-    /// returns one result per message in the order of `batch`. Once the handler has returned
-    /// UNIMPLEMENTED for HandleBatch, every message goes as a Handle call instead.
+    /// returns one result per message in the order of `batch`. While the HandleStream stream is
+    /// in use, or once the handler has returned UNIMPLEMENTED for HandleBatch, each message goes
+    /// through [`Handler::handle`](crate::handler::Handler::handle) instead.
     pub(super) async fn send_batch(&self, batch: &[(&Message, u32)]) -> Vec<Result<(), HandlerError>> {
-        if batch.len() < 2 || self.batch_max < 2 || self.batch_unsupported.load(Ordering::Relaxed) {
+        let stream_in_use = self.stream.usable();
+        if batch.len() < 2 || self.batch_max < 2 || stream_in_use || self.batch_unsupported.load(Ordering::Relaxed) {
             return handle_each(self, batch).await;
         }
 
@@ -106,7 +108,7 @@ impl GrpcHandler {
 
         match self.call(client.handle_batch(request)).await {
             Ok(response) => self.record_results(response.results, count),
-            Err(CallFailure::Status(status)) if means_no_handle_batch(&status) => {
+            Err(CallFailure::Status(status)) if means_unimplemented(&status) => {
                 self.stop_batching(&status);
                 handle_each(self, entries).await
             }
@@ -124,13 +126,7 @@ impl GrpcHandler {
             ));
             return vec![Err(classify(&CallFailure::Status(status), &self.pause_codes)); count];
         }
-        results
-            .into_iter()
-            .map(|result| match Code::from(result.code) {
-                Code::Ok => Ok(()),
-                code => Err(classify(&CallFailure::Status(Status::new(code, result.message)), &self.pause_codes)),
-            })
-            .collect()
+        results.into_iter().map(|result| self.record_result(result)).collect()
     }
 
     /// Asks the handler, with one HandleBatch call that carries no records, whether it
@@ -149,7 +145,7 @@ impl GrpcHandler {
                 endpoint = %self.endpoint, batch_max = self.batch_max,
                 "the handler implements HandleBatch; records that are ready together go in one call"
             ),
-            Ok(Err(status)) if means_no_handle_batch(&status) => self.stop_batching(&status),
+            Ok(Err(status)) if means_unimplemented(&status) => self.stop_batching(&status),
             Ok(Err(status)) => warn!(
                 endpoint = %self.endpoint, %status,
                 "the HandleBatch probe failed; batching stays on until a batch call returns UNIMPLEMENTED"
@@ -170,13 +166,6 @@ impl GrpcHandler {
             );
         }
     }
-}
-
-/// Returns true when the handler itself returned UNIMPLEMENTED, which for HandleBatch means
-/// that it does not implement the method. A status that tonic built from a local transport
-/// error does not come from the handler, so it proves nothing.
-fn means_no_handle_batch(status: &Status) -> bool {
-    status.code() == Code::Unimplemented && !is_transport_failure(status)
 }
 
 /// Splits records with Handle request sizes `sizes` (bytes), in order, into pieces of at most

@@ -19,11 +19,11 @@ use crate::proto::message_handler_server::{MessageHandler, MessageHandlerServer}
 use crate::proto::{HandleBatchRequest, HandleBatchResponse, HandleRequest, HandleResponse, RecordResult};
 
 /// Deadline of the handlers under test, long enough for any loopback call.
-const TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a [`TestService`] responds to HandleBatch.
 #[derive(Clone, Copy)]
-enum BatchResponse {
+pub(super) enum BatchResponse {
     /// One result per record, with the code that the function returns for its offset.
     PerRecord(fn(i64) -> Code),
     /// This status for the whole call.
@@ -49,21 +49,21 @@ struct Received {
 
 /// A handler server whose Handle returns OK and whose HandleBatch responds as configured.
 #[derive(Clone)]
-struct TestService {
+pub(super) struct TestService {
     response: BatchResponse,
     received: Arc<Mutex<Received>>,
 }
 
 impl TestService {
-    fn new(response: BatchResponse) -> TestService {
+    pub(super) fn new(response: BatchResponse) -> TestService {
         TestService { response, received: Arc::default() }
     }
 
-    fn handle_offsets(&self) -> Vec<i64> {
+    pub(super) fn handle_offsets(&self) -> Vec<i64> {
         self.received.lock().unwrap().handle.iter().map(|(offset, _)| *offset).collect()
     }
 
-    fn batches(&self) -> Vec<Vec<i64>> {
+    pub(super) fn batches(&self) -> Vec<Vec<i64>> {
         self.received.lock().unwrap().batches.clone()
     }
 }
@@ -123,7 +123,7 @@ impl MessageHandler for UnaryOnly {
 
 /// Serves `service` on a fresh loopback port until the test's runtime ends; returns the
 /// endpoint.
-async fn serve<S: MessageHandler>(service: S) -> String {
+pub(super) async fn serve<S: MessageHandler>(service: S) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().expect("local address");
     tokio::spawn(async move {
@@ -136,23 +136,26 @@ async fn serve<S: MessageHandler>(service: S) -> String {
     format!("http://{addr}")
 }
 
-fn default_codes() -> HashSet<Code> {
+pub(super) fn default_codes() -> HashSet<Code> {
     DEFAULT_PAUSE_CODES.iter().copied().collect()
 }
 
-fn client(endpoint: &str, pause_codes: HashSet<Code>) -> GrpcHandler {
-    GrpcHandler::connect_lazy(endpoint, "group", TIMEOUT, pause_codes).expect("valid endpoint")
+/// Builds a client with the HandleStream stream off. While the stream may be in use, a batch
+/// goes record by record, so the batch tests turn it off; `stream_tests` turns it back on.
+pub(super) fn client(endpoint: &str, pause_codes: HashSet<Code>) -> GrpcHandler {
+    GrpcHandler::connect_lazy(endpoint, "group", TIMEOUT, pause_codes).expect("valid endpoint").with_stream(false)
 }
 
-/// Builds a client whose requests may be at most `max_message_bytes` long.
-fn limited_client(endpoint: &str, max_message_bytes: usize, timeout: Duration) -> GrpcHandler {
+/// Builds a client whose requests may be at most `max_message_bytes` long, with the
+/// HandleStream stream off like [`client`].
+pub(super) fn limited_client(endpoint: &str, max_message_bytes: usize, timeout: Duration) -> GrpcHandler {
     let tls = HandlerTls::default();
     let address = parse_handler_endpoint("HANDLER_ENDPOINT", endpoint, &tls).expect("valid endpoint");
     let transport = HandlerTransport { tls, max_message_bytes };
-    GrpcHandler::new(&address, &transport, "group", timeout, default_codes()).expect("channel built")
+    GrpcHandler::new(&address, &transport, "group", timeout, default_codes()).expect("channel built").with_stream(false)
 }
 
-fn message(offset: i64, value_len: usize) -> Message {
+pub(super) fn message(offset: i64, value_len: usize) -> Message {
     Message {
         topic: "events".into(),
         partition: 0,
@@ -166,15 +169,15 @@ fn message(offset: i64, value_len: usize) -> Message {
     }
 }
 
-fn messages(offsets: std::ops::Range<i64>) -> Vec<Message> {
+pub(super) fn messages(offsets: std::ops::Range<i64>) -> Vec<Message> {
     offsets.map(|offset| message(offset, 10)).collect()
 }
 
-fn first_attempts(messages: &[Message]) -> Vec<(&Message, u32)> {
+pub(super) fn first_attempts(messages: &[Message]) -> Vec<(&Message, u32)> {
     messages.iter().map(|message| (message, 1)).collect()
 }
 
-fn error(result: &Result<(), HandlerError>) -> &HandlerError {
+pub(super) fn error(result: &Result<(), HandlerError>) -> &HandlerError {
     result.as_ref().expect_err("a failed record")
 }
 
