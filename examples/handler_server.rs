@@ -119,6 +119,15 @@ async fn main() -> ExitCode {
         }
     };
     let counts = service.counts();
+    // A graceful shutdown waits for open calls, so the long-lived HandleStream streams must end
+    // first.
+    let shutdown = {
+        let service = service.clone();
+        async move {
+            logging::shutdown_signal().await;
+            service.end_streams();
+        }
+    };
 
     let scheme = if tls.is_some() { "https" } else { "http" };
     let result = match listen {
@@ -132,7 +141,7 @@ async fn main() -> ExitCode {
             };
             announce(&format!("{scheme}://{addr}"), service.sink_url(), timeout);
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            handler::serve_handler_on(service, incoming, tls, logging::shutdown_signal()).await
+            handler::serve_handler_on(service, incoming, tls, shutdown).await
         }
         Listen::Unix(path) => {
             // A socket file left by an earlier run would make the bind fail.
@@ -146,7 +155,7 @@ async fn main() -> ExitCode {
             };
             announce(&format!("unix://{}", path.display()), service.sink_url(), timeout);
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            let result = handler::serve_handler_on(service, incoming, None, logging::shutdown_signal()).await;
+            let result = handler::serve_handler_on(service, incoming, None, shutdown).await;
             remove_stale_socket(&path);
             result
         }

@@ -178,7 +178,7 @@ impl MessageHandler for BenchHandler {
         Ok(Response::new(HandleBatchResponse { results: vec![RecordResult::default(); records.len()] }))
     }
 
-    /// Handles the records of the stream concurrently and answers each as soon as it is done.
+    /// Handles the records of the stream concurrently and responds to each as soon as it is done.
     async fn handle_stream(
         &self,
         request: Request<Streaming<StreamRequest>>,
@@ -192,7 +192,7 @@ impl MessageHandler for BenchHandler {
 impl BenchHandler {
     /// Reads the stream's records and runs them on one task, in a `FuturesUnordered`, so a
     /// record costs no task of its own. Returns when kafka-scc closes its side and every record
-    /// read has been answered.
+    /// read has its response.
     async fn serve_stream(
         self,
         mut requests: Streaming<StreamRequest>,

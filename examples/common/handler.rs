@@ -10,7 +10,7 @@
 //! | anything else (1xx, unfollowed 3xx)       | INTERNAL           | logs and commits          |
 //!
 //! It implements HandleStream and HandleBatch too. On the stream it posts each record as it
-//! arrives, on a task of its own, and answers each as soon as its POST is done. A batch's
+//! arrives, on a task of its own, and responds to each as soon as its POST is done. A batch's
 //! records are posted concurrently, one POST each. Either way each record's status becomes its
 //! result code.
 //!
@@ -32,7 +32,7 @@ use kafka_scc::proto::{
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::codegen::BoxStream;
@@ -70,6 +70,9 @@ pub struct SinkForwarder {
     client: reqwest::Client,
     sink_url: reqwest::Url,
     counts: Arc<ForwarderCounts>,
+    /// Set by [`SinkForwarder::end_streams`]; the HandleStream streams then stop reading records
+    /// and end once every record already read has its response.
+    ending: Arc<watch::Sender<bool>>,
 }
 
 impl SinkForwarder {
@@ -83,7 +86,15 @@ impl SinkForwarder {
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .build()
             .map_err(|error| format!("building the HTTP client failed: {error}"))?;
-        Ok(SinkForwarder { client, sink_url, counts: Arc::default() })
+        Ok(SinkForwarder { client, sink_url, counts: Arc::default(), ending: Arc::new(watch::Sender::new(false)) })
+    }
+
+    /// Makes every HandleStream stream, open or later, read no more records and end once every
+    /// record it has read has its response. Call it when a graceful shutdown starts: the server
+    /// waits for open calls, and kafka-scc closes its side of the stream only when it stops.
+    /// kafka-scc retries the records it sent that were never read.
+    pub fn end_streams(&self) {
+        self.ending.send_replace(true);
     }
 
     pub fn counts(&self) -> Arc<ForwarderCounts> {
@@ -184,9 +195,10 @@ impl MessageHandler for SinkForwarder {
         Ok(Response::new(HandleBatchResponse { results }))
     }
 
-    /// Forwards each record of the stream on its own task and answers it when its POST is done,
-    /// so a slow POST holds back no other record. The response stream ends once kafka-scc has
-    /// closed its side and every record read has been answered.
+    /// Forwards each record of the stream on its own task and responds when its POST is done,
+    /// so a slow POST holds back no other record. The response stream ends once every record
+    /// read has its response and either kafka-scc has closed its side or
+    /// [`SinkForwarder::end_streams`] was called.
     async fn handle_stream(
         &self,
         request: Request<Streaming<StreamRequest>>,
@@ -194,8 +206,16 @@ impl MessageHandler for SinkForwarder {
         let mut requests = request.into_inner();
         let (responses, receiver) = mpsc::unbounded_channel();
         let forwarder = self.clone();
+        let mut ending = self.ending.subscribe();
         tokio::spawn(async move {
-            while let Ok(Some(request)) = requests.message().await {
+            loop {
+                let request = tokio::select! {
+                    next = requests.message() => match next {
+                        Ok(Some(request)) => request,
+                        _ => break,
+                    },
+                    _ = ending.wait_for(|ending| *ending) => break,
+                };
                 let (forwarder, responses) = (forwarder.clone(), responses.clone());
                 tokio::spawn(async move {
                     let result = match &request.record {
@@ -206,7 +226,7 @@ impl MessageHandler for SinkForwarder {
                         None => Err(Status::invalid_argument("the stream request carries no record")),
                     };
                     let response = StreamResponse { id: request.id, result: Some(RecordResult::from(result)) };
-                    // The send fails only when kafka-scc has gone, and then no one waits for it.
+                    // The send fails only after the response stream was dropped, when no one waits for it.
                     let _ = responses.send(Ok(response));
                 });
             }

@@ -72,9 +72,9 @@ pub fn classify(failure: &CallFailure, pause_codes: &HashSet<Code>) -> HandlerEr
                 parts.extend(error_chain(source));
             }
             // Some transport errors display as an empty string, and a wrapper often repeats its
-            // cause's text; neither adds anything to the log line.
+            // cause's text, whole or as its ending; neither adds anything to the log line.
             parts.retain(|part| !part.is_empty());
-            parts.dedup();
+            parts.dedup_by(|cause, wrapper| wrapper.contains(cause.as_str()));
             let message = parts.join(": ");
             HandlerError { disposition: Disposition::PauseEligible, code: Some(status.code()), message }
         }
@@ -177,6 +177,28 @@ mod tests {
         let status = Status::from_error(Box::new(Blank(io)));
         let error = classify(&CallFailure::Status(status), &HashSet::new());
         assert_eq!(error.message, "No such file or directory");
+    }
+
+    #[test]
+    fn transport_message_drops_repeated_cause() {
+        /// An error whose text ends with its cause's text, as hyper's body errors do.
+        #[derive(Debug)]
+        struct Wrapper(std::io::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "error reading a body: {}", self.0)
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let status = Status::from_error(Box::new(Wrapper(io)));
+        let error = classify(&CallFailure::Status(status), &HashSet::new());
+        assert_eq!(error.message, "error reading a body: broken pipe");
     }
 
     #[test]
