@@ -118,7 +118,9 @@ pub async fn run(params: &Params) -> Result<(Vec<Row>, Value), String> {
         // Diagnostics: key order without the stream, in HandleBatch calls and in one Handle call
         // per record. A HandleBatch call returns when its slowest record is done, so with sleeps
         // of 0 to 5 ms batches can cost time.
-        let without_stream: [(&str, &str, &[(&str, &str)]); 2] = [
+        /// Run name, table figure and kafka-scc settings of one run.
+        type Variant<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+        let without_stream: [Variant; 2] = [
             (
                 "key-batch",
                 "key order, HandleBatch calls (SCC_HANDLER_STREAM=off)",
