@@ -18,13 +18,16 @@ use tonic::{Code, Status};
 
 use super::{Disposition, HandlerError};
 
-/// The default pause-eligible codes. The last three mean the handler cannot take any message,
-/// and committing the stream unread would lose it.
+/// The default pause-eligible codes. CANCELLED means that the call ended before the handler
+/// finished the message, as when a gRPC server that is stopping cancels the calls still queued,
+/// so committing it would lose the message. The last three mean the handler cannot take any
+/// message, and committing the stream unread would lose it.
 pub const DEFAULT_PAUSE_CODES: &[Code] = &[
     Code::Unavailable,
     Code::DeadlineExceeded,
     Code::ResourceExhausted,
     Code::Aborted,
+    Code::Cancelled,
     Code::Unimplemented,
     Code::Unauthenticated,
     Code::PermissionDenied,
@@ -72,10 +75,14 @@ pub fn classify(failure: &CallFailure, pause_codes: &HashSet<Code>) -> HandlerEr
                 parts.extend(error_chain(source));
             }
             // Some transport errors display as an empty string, and a wrapper often repeats its
-            // cause's text, whole or as its ending; neither adds anything to the log line.
-            parts.retain(|part| !part.is_empty());
-            parts.dedup_by(|cause, wrapper| wrapper.contains(cause.as_str()));
-            let message = parts.join(": ");
+            // cause's text, whole or inside its own; neither adds anything to the log line.
+            let mut distinct_parts: Vec<String> = Vec::with_capacity(parts.len());
+            for part in parts {
+                if !part.is_empty() && !distinct_parts.iter().any(|earlier| earlier.contains(part.as_str())) {
+                    distinct_parts.push(part);
+                }
+            }
+            let message = distinct_parts.join(": ");
             HandlerError { disposition: Disposition::PauseEligible, code: Some(status.code()), message }
         }
         CallFailure::Status(status) => {

@@ -353,7 +353,7 @@ impl ResponseReader {
             End::Unsupported(_) => {}
             _ if unanswered > 0 => warn!(
                 endpoint = %self.endpoint, unanswered, %reason,
-                "the HandleStream stream ended before answering every record; each gets the stream's final status"
+                "the HandleStream stream failed to open or ended while records waited; each gets its final status"
             ),
             _ => debug!(endpoint = %self.endpoint, %reason, "the HandleStream stream ended"),
         }
