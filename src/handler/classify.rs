@@ -209,6 +209,32 @@ mod tests {
     }
 
     #[test]
+    fn transport_message_drops_cause_repeated_later() {
+        /// An error with its own text and an optional cause, to build any chain.
+        #[derive(Debug)]
+        struct Layer(&'static str, Option<Box<Layer>>);
+        impl std::fmt::Display for Layer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Layer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|cause| cause as &(dyn std::error::Error + 'static))
+            }
+        }
+
+        // The chain that tonic reports for a refused connection repeats its first text two
+        // levels down.
+        let refused = Layer("Connection refused", None);
+        let connect = Layer("tcp connect error", Some(Box::new(refused)));
+        let transport = Layer("transport error", Some(Box::new(connect)));
+        let status = Status::from_error(Box::new(Layer("tcp connect error", Some(Box::new(transport)))));
+        let error = classify(&CallFailure::Status(status), &HashSet::new());
+        assert_eq!(error.message, "tcp connect error: transport error: Connection refused");
+    }
+
+    #[test]
     fn transport_error_is_pause_eligible_whatever_code() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset by peer");
         let status = Status::from_error(Box::new(io));
