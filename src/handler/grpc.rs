@@ -1,7 +1,7 @@
-//! The gRPC implementation of [`Handler`]: each message goes on one long-lived `HandleStream`
-//! stream (module `stream`) when the handler implements it, else in one `HandleBatch` call per
-//! group of messages (module `batch`) when it implements that, else in one `Handle` call per
-//! message, all over a shared HTTP/2 channel.
+//! The gRPC implementation of [`Handler`], over a shared HTTP/2 channel. Each message goes on
+//! one long-lived `HandleStream` stream (module `stream`) when the handler implements it.
+//! Otherwise messages that are ready together go in one `HandleBatch` call (module `batch`)
+//! when the handler implements that, and each remaining message goes in its own `Handle` call.
 //!
 //! The channel connects lazily and reconnects by itself, so a handler that starts after
 //! kafka-scc, or restarts, is picked up without restarting the sidecar; until then every call

@@ -17,9 +17,9 @@
 //! - When the stream ends, every record still waiting gets the end's failure: no answer (a
 //!   clean end, a transport error) is pause-eligible whatever `SCC_PAUSE_CODES` says, and a
 //!   status from the handler is classified as if Handle had returned it.
-//! - UNIMPLEMENTED from the handler at opening turns the stream off for the rest of the process.
-//!   The records that were waiting on it are sent again by the caller through HandleBatch or
-//!   Handle, so none is lost to the fallback.
+//! - UNIMPLEMENTED from the handler at any opening turns the stream off for the rest of the
+//!   process. The records that were waiting on it are sent again by the caller through
+//!   HandleBatch or Handle, so none is lost to the fallback.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,10 +80,16 @@ impl StreamLink {
         *self.support.borrow() != Support::Unsupported
     }
 
-    /// Stores what the handler's response to an opening showed, and logs the first change.
+    /// Stores what the handler's response to an opening showed, and logs each change.
+    /// UNIMPLEMENTED is final even after earlier streams were accepted, because a handler
+    /// redeployed without HandleStream would otherwise get a new stream attempt before every
+    /// record.
     fn learn(&self, learned: Support, endpoint: &str, status: Option<&Status>) {
         let changed = self.support.send_if_modified(|support| {
-            let change = *support == Support::Unknown && learned != Support::Unknown;
+            let change = matches!(
+                (*support, learned),
+                (Support::Unknown, Support::Supported) | (Support::Unknown | Support::Supported, Support::Unsupported)
+            );
             if change {
                 *support = learned;
             }
@@ -129,7 +135,7 @@ struct WaitingState {
 }
 
 /// The settlement of a record sent on the stream.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Settled {
     /// The handler's result for the record.
     Answered(Option<RecordResult>),
@@ -171,9 +177,9 @@ impl Waiting {
         }
     }
 
-    /// Marks the stream ended and settles every waiting record with `settle()`; returns how
+    /// Marks the stream ended and settles every waiting record with `settled`; returns how
     /// many there were.
-    fn end(&self, settle: impl Fn() -> Settled) -> usize {
+    fn end(&self, settled: &Settled) -> usize {
         let senders = {
             let mut state = self.state.lock().expect("stream waiting lock");
             state.ended = true;
@@ -181,7 +187,7 @@ impl Waiting {
         };
         let count = senders.len();
         for sender in senders.into_values() {
-            let _ = sender.send(settle());
+            let _ = sender.send(settled.clone());
         }
         count
     }
@@ -330,25 +336,25 @@ struct ResponseReader {
 impl ResponseReader {
     async fn run(mut self, requests: UnboundedReceiverStream<StreamRequest>) {
         let end = self.read(requests).await;
-        let (settle, reason): (Box<dyn Fn() -> Settled + Send>, String) = match &end {
+        let (settled, reason) = match &end {
             End::Closed => (
-                Box::new(|| Settled::Ended(no_answer("the handler ended the HandleStream stream without answering"))),
+                Settled::Ended(no_answer("the handler ended the HandleStream stream without answering")),
                 "the handler closed the stream".to_owned(),
             ),
             End::Failed(status) => {
                 let error = classify(&CallFailure::Status(status.clone()), &self.pause_codes);
                 let reason = error.to_string();
-                (Box::new(move || Settled::Ended(error.clone())), reason)
+                (Settled::Ended(error), reason)
             }
             End::Unsupported(status) => {
                 if let Some(link) = self.link.upgrade() {
                     link.learn(Support::Unsupported, &self.endpoint, Some(status));
                 }
-                (Box::new(|| Settled::Unsupported), "UNIMPLEMENTED".to_owned())
+                (Settled::Unsupported, "UNIMPLEMENTED".to_owned())
             }
         };
 
-        let unanswered = self.waiting.end(settle);
+        let unanswered = self.waiting.end(&settled);
         match end {
             End::Unsupported(_) => {}
             _ if unanswered > 0 => warn!(

@@ -50,6 +50,10 @@ enum StreamMode {
     EndAfter { count: usize, code: Code },
     /// Rejects every HandleStream call with UNIMPLEMENTED, as a handler without it does.
     Unimplemented,
+    /// Ends the first stream cleanly once `count` records have arrived, without responding, and
+    /// rejects every later HandleStream call with UNIMPLEMENTED, as a handler redeployed without
+    /// HandleStream does.
+    EndThenUnimplemented { count: usize },
 }
 
 /// What a [`StreamService`] received.
@@ -172,6 +176,12 @@ impl StreamService {
                     let _ = responses.send(Ok(response_for(id, offset, Code::Ok)));
                 }
                 StreamMode::Never | StreamMode::Unimplemented => {}
+                StreamMode::EndThenUnimplemented { count } => {
+                    waiting.push((id, offset));
+                    if waiting.len() == count {
+                        return;
+                    }
+                }
                 StreamMode::EndAfter { count, code } => {
                     waiting.push((id, offset));
                     if waiting.len() == count {
@@ -229,7 +239,12 @@ impl MessageHandler for StreamService {
             received.opens - 1
         };
         self.changed.notify_waiters();
-        if matches!(self.mode, StreamMode::Unimplemented) {
+        let rejected = match self.mode {
+            StreamMode::Unimplemented => true,
+            StreamMode::EndThenUnimplemented { .. } => stream > 0,
+            _ => false,
+        };
+        if rejected {
             return Err(Status::unimplemented("this test handler does not serve HandleStream"));
         }
 
@@ -397,6 +412,32 @@ async fn first_record_learns_missing_stream() {
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(service.opens(), 1, "HandleStream was tried again after UNIMPLEMENTED");
     assert_eq!(service.handle_offsets().len(), 4);
+}
+
+#[tokio::test]
+async fn later_unimplemented_turns_stream_off() {
+    let service = StreamService::new(StreamMode::EndThenUnimplemented { count: 2 });
+    let handler = client(&serve(service.clone()).await, default_codes());
+    assert_eq!(handler.wait_until_ready(TIMEOUT).await, Readiness::Unknown);
+    assert_eq!(handler.max_batch_len(), 1, "the first stream was accepted");
+
+    // The first stream ends without responding, so both records are left without an answer.
+    let results = handle_all(&handler, &messages(0..2)).await;
+
+    for result in &results {
+        assert_eq!(error(result).disposition, Disposition::PauseEligible, "{result:?}");
+    }
+
+    // The next opening gets UNIMPLEMENTED: the record goes through Handle, and so does every
+    // later one, without another HandleStream attempt.
+    let resent = handler.handle(&message(0, 10), 2).await;
+    let later = handler.handle(&message(1, 10), 2).await;
+
+    assert!(resent.is_ok(), "{resent:?}");
+    assert!(later.is_ok(), "{later:?}");
+    assert_eq!(service.opens(), 2, "HandleStream was tried again after UNIMPLEMENTED");
+    assert_eq!(service.handle_offsets(), vec![0, 1]);
+    assert_eq!(handler.max_batch_len(), DEFAULT_HANDLER_BATCH_MAX);
 }
 
 #[tokio::test]
