@@ -100,6 +100,16 @@ impl Broker {
             .expect("committed offsets read on a blocking thread")
     }
 
+    /// Checks that the group's commit on partition 0 of `topic` stops at `offset`, both in
+    /// kafka-scc's `stats` and on the broker, while the record at `offset` waits for its retry.
+    pub async fn assert_commit_held_at(&self, stats: &Stats, group: &str, topic: &str, offset: i64) {
+        let held_back = stats.wait_until(WAIT, |s| s.committed_offset(topic, 0) == Some(offset)).await;
+        assert!(held_back.is_ok(), "the commit did not reach record {offset}: {held_back:?}");
+        let on_broker = self.wait_for_committed(group, topic, &[offset]).await;
+        assert!(on_broker.is_ok(), "broker committed offsets while {offset} is retried: {on_broker:?}");
+        assert_eq!(stats.snapshot().committed_offset(topic, 0), Some(offset), "a commit passed record {offset}");
+    }
+
     /// Polls the broker until the group's committed offsets equal `expected` (index =
     /// partition), for at most [`WAIT`]. Returns the last offsets read as the error.
     pub async fn wait_for_committed(
